@@ -1,0 +1,92 @@
+"""Per-modality intensity normalisation to [0, 1].
+
+CT has physical units, so it is windowed (the MVG paper trains on [-100, 200] HU). MR, X-ray and
+ultrasound have arbitrary units, so they are scaled between robust percentiles of the volume.
+The result is the [0, 1] space every later stage (canvas, metrics, PSNR/SSIM) works in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MODALITIES = ("CT", "MR", "XR", "US", "OTHER")
+
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "paper": (-100.0, 200.0),
+    "abdomen": (-160.0, 240.0),
+    "soft_tissue": (-125.0, 225.0),
+    "lung": (-1350.0, 150.0),
+    "bone": (-450.0, 1050.0),
+    "brain": (0.0, 80.0),
+}
+DEFAULT_CT_WINDOW = "paper"
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class IntensityRange:
+    """The input values mapped to 0 and 1; kept so outputs can be mapped back to input units."""
+
+    low: float
+    high: float
+
+    def normalize(self, array: np.ndarray) -> np.ndarray:
+        scaled = (np.asarray(array, dtype=np.float32) - self.low) / (self.high - self.low)
+        return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+    def denormalize(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(array, dtype=np.float32) * (self.high - self.low) + self.low
+
+
+def check_modality(modality: str) -> str:
+    key = modality.upper()
+    aliases = {"MRI": "MR", "XRAY": "XR", "X-RAY": "XR", "CR": "XR", "DX": "XR", "ULTRASOUND": "US"}
+    key = aliases.get(key, key)
+    if key not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES} (or an alias), got {modality!r}")
+    return key
+
+
+def intensity_range(
+    array: np.ndarray,
+    modality: str,
+    window: str | tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> IntensityRange:
+    """The range to normalise ``array`` with.
+
+    ``window`` (a CT preset name or explicit (low, high)) wins for any modality; otherwise CT uses
+    the paper's window and other modalities robust percentiles of the finite voxels.
+    """
+    modality = check_modality(modality)
+    if window is None and modality == "CT":
+        window = DEFAULT_CT_WINDOW
+    if isinstance(window, str):
+        if window not in CT_WINDOWS:
+            raise ValueError(f"unknown CT window {window!r}; presets are {sorted(CT_WINDOWS)}")
+        window = CT_WINDOWS[window]
+    if window is not None:
+        low, high = (float(w) for w in window)
+    else:
+        values = np.asarray(array)
+        if values.size > 4_000_000:  # percentiles of a strided subsample are accurate and cheap
+            values = values.reshape(-1)[:: values.size // 2_000_000]
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            raise ValueError("cannot normalise an image with no finite voxels")
+        low, high = (float(v) for v in np.percentile(finite, percentiles))
+    if not high > low:
+        high = low + 1.0  # constant image: map it to 0 rather than divide by zero
+    return IntensityRange(low, high)
+
+
+def normalize(
+    array: np.ndarray,
+    modality: str,
+    window: str | tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """``array`` as float32 in [0, 1] (see :func:`intensity_range`)."""
+    return intensity_range(array, modality, window, percentiles).normalize(array)
