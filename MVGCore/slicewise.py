@@ -1,0 +1,106 @@
+"""Slice-by-slice iteration shared by the model Predictor and the classical baselines.
+
+Every task runs on 2D slices along one axis of a (k, j, i) volume. Keeping the slicing, the
+progress reports and the cancellation checks here means both predictors report progress and stop
+on cancel in exactly the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import numpy.typing as npt
+
+from .types import CancelToken, ProgressFn
+
+
+def check_axis(axis: int, ndim: int = 3) -> int:
+    """``axis`` if it indexes an array of ``ndim`` dimensions, else a ValueError naming it."""
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis < ndim:
+        raise ValueError(f"axis must be an integer in 0..{ndim - 1}, got {axis!r}")
+    return int(axis)
+
+
+def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The 2D slice ``index`` along ``axis`` (a view, not a copy)."""
+    return volume[_slicer(volume.ndim, axis, index)]
+
+
+def put_slice(volume: np.ndarray, axis: int, index: int, values: np.ndarray) -> None:
+    """Write a 2D slice into ``volume`` in place; the shape must match exactly."""
+    key = _slicer(volume.ndim, axis, index)
+    expected = volume[key].shape
+    if np.shape(values) != expected:
+        raise ValueError(
+            f"slice {index} along axis {axis} must have shape {expected}, got {np.shape(values)}"
+        )
+    volume[key] = values
+
+
+def _slicer(ndim: int, axis: int, index: int) -> tuple:
+    if ndim != 3:
+        raise ValueError(f"volume must be 3D (k, j, i), got {ndim} dimensions")
+    key: list = [slice(None)] * 3
+    key[check_axis(axis)] = index
+    return tuple(key)
+
+
+class SliceLoop:
+    """Counts finished steps, reports them to ``progress`` and checks ``cancel`` before each step.
+
+    Steps may be single slices (iterate the loop) or batches (call :meth:`check` and
+    :meth:`advance` yourself). ``progress(total, total)`` is reported exactly once, when the last
+    step finishes; an empty loop reports ``(0, 0)`` once.
+    """
+
+    def __init__(self, total: int, progress: ProgressFn | None = None, cancel: CancelToken | None = None):
+        if total < 0:
+            raise ValueError(f"total must be >= 0, got {total}")
+        self.total = int(total)
+        self.done = 0
+        self._progress = progress
+        self._cancel = cancel
+
+    def check(self) -> None:
+        """Raise :class:`~MVGCore.types.Cancelled` if the user cancelled."""
+        if self._cancel is not None:
+            self._cancel.raise_if_cancelled()
+
+    def advance(self, steps: int = 1) -> None:
+        if steps < 1 or self.done + steps > self.total:
+            raise ValueError(f"cannot advance {steps} step(s) from {self.done} of {self.total}")
+        self.done += steps
+        if self._progress is not None:
+            self._progress(self.done, self.total)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.total == 0 and self._progress is not None:
+            self._progress(0, 0)
+        for index in range(self.done, self.total):
+            self.check()
+            yield index
+            self.advance()
+
+
+def map_slices(
+    fn: Callable[[int, np.ndarray], np.ndarray],
+    volume: np.ndarray,
+    axis: int = 0,
+    *,
+    dtype: npt.DTypeLike = np.float32,
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+) -> np.ndarray:
+    """A new volume whose slice ``n`` along ``axis`` is ``fn(n, slice_n)``.
+
+    The input is never modified; on cancel :class:`~MVGCore.types.Cancelled` propagates and no
+    partial result is returned.
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be 3D (k, j, i), got shape {volume.shape}")
+    axis = check_axis(axis)
+    out = np.empty(volume.shape, dtype=dtype)
+    for index in SliceLoop(volume.shape[axis], progress, cancel):
+        put_slice(out, axis, index, fn(index, take_slice(volume, axis, index)))
+    return out
