@@ -1,0 +1,130 @@
+"""Checkpoints as safetensors weights + a JSON sidecar (config, metadata, sha256 of the weights).
+
+Nothing here unpickles unless the caller passes ``allow_pickle=True``: a pickle can run code, and
+model files travel between people. Every write goes to a temporary file in the target folder and
+is moved into place with ``os.replace``, so a crash never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from MVGCore.config import MVGConfig
+from MVGCore.model import MVGModel
+
+FORMAT = "mvgcore-checkpoint/1"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sidecar_path(weights: str | Path) -> Path:
+    weights = Path(weights)
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".json")
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(temp_path)`` then move the temporary file onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``tensors`` as safetensors and ``meta`` (+ format, sha256) as the JSON sidecar."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoint path must end in .safetensors, got {path}")
+    plain = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda temp: save_file(plain, temp))
+    record = {"format": FORMAT, **meta, "weights": path.name, "sha256": sha256_of(path)}
+    atomic_write(sidecar_path(path), lambda temp: Path(temp).write_text(json.dumps(record, indent=2)))
+    return path
+
+
+def load_tensors(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_tensors`, checking the sha256 recorded beside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {path}")
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise FileNotFoundError(f"checkpoint {path} has no JSON sidecar {side.name} (config and sha256)")
+    meta = json.loads(side.read_text())
+    if verify and meta.get("sha256") != (actual := sha256_of(path)):
+        raise ValueError(
+            f"checkpoint {path} is corrupt or was replaced: sha256 {actual} differs from "
+            f"{meta.get('sha256')} recorded in {side.name}"
+        )
+    return load_file(path), meta
+
+
+def save_model(
+    path: str | Path, model: MVGModel, extra: dict[str, Any] | None = None, half: bool = False
+) -> Path:
+    """Weights (optionally fp16, for shipping) + config + ``extra`` metadata."""
+    state = model.state_dict()
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return save_tensors(path, state, {"config": model.config.to_dict(), **(extra or {})})
+
+
+def load_model(path: str | Path, allow_pickle: bool = False) -> tuple[MVGModel, dict[str, Any]]:
+    """Build the model described by the sidecar's config and load its weights (as float32)."""
+    path = Path(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"{path} is a pickle-based file; MVGCore checkpoints are .safetensors with a .json sidecar. "
+            "To import foreign weights use load_state_dict_file(..., allow_pickle=True) knowingly."
+        )
+    tensors, meta = load_tensors(path)
+    if "config" not in meta:
+        raise ValueError(f"{sidecar_path(path)} has no 'config'; it is not an MVGCore model checkpoint")
+    model = MVGModel(MVGConfig.from_dict(meta["config"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    return model, meta
+
+
+def load_state_dict_file(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A foreign state dict (e.g. MAE or timm ViT weights): safetensors always, pickles only on request.
+
+    Even with ``allow_pickle`` the file is read with ``weights_only=True`` (tensors and plain
+    containers only). MAE-style ``{"model": state_dict}`` wrappers are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    if not allow_pickle:
+        raise ValueError(
+            f"refusing to unpickle {path}: pickle files can run code. Convert it to .safetensors, "
+            "or pass allow_pickle=True (--allow-pickle) if you trust its source."
+        )
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "module"):
+        if isinstance(data, dict) and key in data and isinstance(data[key], dict):
+            data = data[key]
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(data).__name__})")
+    return data

@@ -1,0 +1,226 @@
+"""The MVG generator: a two-stream ViT over 2x1 canvases with a multi-level pixel decoder.
+
+Input: an image canvas (prompt image on top of the query image) and a target canvas (prompt
+output on top of the query output), both ImageNet-normalised RGB, and a token mask saying which
+target patches are hidden. Output: the full target canvas; the loss (and inference) read it only
+where the mask hid the target. Both canvases share one patch embedding; a learned segment token
+tells the streams apart. The streams run separately up to ``merge_index`` and are averaged there.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerNorm2d, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from MVGCore.config import MVGConfig
+
+LAYER_NORM_EPS = 1e-6
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through SDPA, with ViTDet's decomposed relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int, rel_pos_size: tuple[int, int] | None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        head_dim = dim // num_heads
+        if rel_pos_size is not None:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, head_dim))
+        else:
+            self.rel_pos_h = self.rel_pos_w = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, rows, cols, dim = x.shape
+        tokens = rows * cols
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        bias = None
+        if self.rel_pos_h is not None:
+            q_flat = q.reshape(batch * self.num_heads, tokens, -1)
+            bias = get_decomposed_rel_pos_bias(
+                q_flat, self.rel_pos_h, self.rel_pos_w, (rows, cols), (rows, cols)
+            ).reshape(batch, self.num_heads, tokens, tokens)
+            bias = bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(out.transpose(1, 2).reshape(batch, rows, cols, dim))
+
+
+def _average_query_half(x: torch.Tensor, k: int) -> torch.Tensor:
+    """SegGPT's feature ensemble: each run of K consecutive canvases shares one query, so their
+    query-half attention outputs are replaced by the mean over the K prompts."""
+    batch, rows, cols, dim = x.shape
+    if batch % k:
+        raise ValueError(f"feature ensemble needs a batch divisible by K={k}, got {batch}")
+    half = rows // 2
+    grouped = x.reshape(batch // k, k, rows, cols, dim)
+    query_mean = grouped[:, :, half:].mean(dim=1, keepdim=True).expand(-1, k, -1, -1, -1)
+    return torch.cat([grouped[:, :, :half], query_mean], dim=2).reshape(batch, rows, cols, dim)
+
+
+def _window_partition(x: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    batch, rows, cols, dim = x.shape
+    pad_r, pad_c = (-rows) % size, (-cols) % size
+    if pad_r or pad_c:
+        x = F.pad(x, (0, 0, 0, pad_c, 0, pad_r))
+    padded = (rows + pad_r, cols + pad_c)
+    x = x.reshape(batch, padded[0] // size, size, padded[1] // size, size, dim)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, size, size, dim), padded
+
+
+def _window_unpartition(
+    windows: torch.Tensor, size: int, padded: tuple[int, int], shape: tuple[int, int]
+) -> torch.Tensor:
+    per_image = (padded[0] // size) * (padded[1] // size)
+    batch = windows.shape[0] // per_image
+    x = windows.reshape(batch, padded[0] // size, padded[1] // size, size, size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded[0], padded[1], -1)
+    return x[:, : shape[0], : shape[1]].contiguous()
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block on (B, rows, cols, C) token grids; optionally windowed."""
+
+    def __init__(self, config: MVGConfig, drop_path: float, window_size: int) -> None:
+        super().__init__()
+        dim = config.embed_dim
+        self.window_size = window_size
+        rel_size = (window_size, window_size) if window_size else config.grid
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attn = Attention(dim, config.num_heads, rel_size if config.use_rel_pos else None)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor, ensemble_k: int = 1) -> torch.Tensor:
+        h = self.norm1(x)
+        if self.window_size:
+            windows, padded = _window_partition(h, self.window_size)
+            h = _window_unpartition(self.attn(windows), self.window_size, padded, x.shape[1:3])
+        else:
+            h = self.attn(h)
+        if ensemble_k > 1:
+            h = _average_query_half(h, ensemble_k)
+        x = x + self.drop_path(h)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class MVGModel(nn.Module):
+    def __init__(self, config: MVGConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim, patch = config.embed_dim, config.patch_size
+        self.patch_embed = PatchEmbed(
+            img_size=None, patch_size=patch, in_chans=config.in_chans, embed_dim=dim, output_fmt="NHWC"
+        )
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.segment_token_x = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.segment_token_y = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        # Stored as an MAE/timm ViT stores it (class position first, square grid) so that
+        # pre-trained encoders load unchanged; resized to the canvas grid in forward.
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + config.pos_embed_grid**2, dim))
+        rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(
+            Block(config, rates[i], config.window_size if i in config.window_blocks else 0)
+            for i in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.decoder_embed = nn.Linear(dim * len(config.feature_blocks), patch * patch * config.decoder_dim)
+        self.decoder_pred = nn.Sequential(
+            nn.Conv2d(config.decoder_dim, config.decoder_dim, kernel_size=3, padding=1),
+            LayerNorm2d(config.decoder_dim, eps=LAYER_NORM_EPS),
+            nn.GELU(),
+            nn.Conv2d(config.decoder_dim, config.in_chans, kernel_size=1),
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for token in (self.mask_token, self.segment_token_x, self.segment_token_y, self.pos_embed):
+            trunc_normal_(token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        proj = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+
+    def grid_pos_embed(self, rows: int, cols: int) -> torch.Tensor:
+        grid = self.config.pos_embed_grid
+        resized = resample_abs_pos_embed(
+            self.pos_embed, new_size=[rows, cols], old_size=[grid, grid], num_prefix_tokens=1
+        )
+        return resized[:, 1:].reshape(1, rows, cols, -1)
+
+    def check_inputs(self, images: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> None:
+        cfg = self.config
+        if images.ndim != 4 or images.shape[1] != cfg.in_chans:
+            raise ValueError(f"images must be (B, {cfg.in_chans}, H, W) canvases, got {tuple(images.shape)}")
+        if targets.shape != images.shape:
+            raise ValueError(
+                f"targets {tuple(targets.shape)} must have the images' shape {tuple(images.shape)}"
+            )
+        height, width = images.shape[-2:]
+        if height % (2 * cfg.patch_size) or width % cfg.patch_size:
+            raise ValueError(
+                f"canvas {height}x{width} must be two stacked tiles of a multiple of {cfg.patch_size} pixels"
+            )
+        tokens = (height // cfg.patch_size) * (width // cfg.patch_size)
+        if mask.shape != (images.shape[0], tokens):
+            raise ValueError(f"mask must be (B, {tokens}) booleans for this canvas, got {tuple(mask.shape)}")
+
+    def forward(
+        self, images: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, ensemble_k: int = 1
+    ) -> torch.Tensor:
+        """Predict the target canvas.
+
+        ``mask`` (B, tokens) is True where the target patch is hidden from the model; tokens are
+        numbered row-major over the canvas grid. ``ensemble_k`` > 1 enables the feature ensemble:
+        consecutive runs of K canvases must share the same query half.
+        """
+        self.check_inputs(images, targets, mask)
+        batch = images.shape[0]
+        x = self.patch_embed(images)
+        y = self.patch_embed(targets)
+        rows, cols = x.shape[1:3]
+        hidden = mask.reshape(batch, rows, cols, 1).to(y.dtype)
+        y = y * (1 - hidden) + self.mask_token.to(y.dtype) * hidden
+        pos = self.grid_pos_embed(rows, cols)
+        x = x + self.segment_token_x + pos
+        y = y + self.segment_token_y + pos
+
+        z = torch.cat([x, y], dim=0)
+        features = []
+        for index, block in enumerate(self.blocks):
+            if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
+                z = checkpoint(block, z, ensemble_k, use_reentrant=False)
+            else:
+                z = block(z, ensemble_k)
+            if index == self.config.merge_index:
+                z = (z[:batch] + z[batch:]) * 0.5
+            if index in self.config.feature_blocks:
+                features.append(self.norm(z))
+        return self.decode(torch.cat(features, dim=-1))
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        batch, rows, cols, _ = features.shape
+        patch, channels = self.config.patch_size, self.config.decoder_dim
+        x = self.decoder_embed(features).reshape(batch, rows, cols, patch, patch, channels)
+        x = x.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, rows * patch, cols * patch)
+        return self.decoder_pred(x)
+
+
+def build_model(config: MVGConfig) -> MVGModel:
+    return MVGModel(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
