@@ -18,6 +18,9 @@ import numpy as np
 import torch
 
 MAX_CLASSES = 255
+# Random coloring draws from the first RANDOM_POOL palette colors (pairwise L1 >= 0.46) unless a
+# sample has more classes than that; the full palette's closest pair is only 0.2 apart.
+RANDOM_POOL = 32
 ENCODINGS = ("random", "palette", "gray")
 
 
@@ -77,7 +80,8 @@ def color_table(
     else:
         if rng is None:
             raise ValueError("random label encoding needs a numpy Generator (rng)")
-        picks = rng.choice(np.arange(1, MAX_CLASSES + 1), size=classes.size, replace=False)
+        pool = max(RANDOM_POOL, classes.size)
+        picks = rng.choice(np.arange(1, pool + 1), size=classes.size, replace=False)
         table[classes] = palette()[picks]
     return table
 
