@@ -1,0 +1,329 @@
+"""Classical peers for every MVG task, behind the Predictor's exact interface.
+
+Each model number is reported next to what a standard non-learned method achieves on the same
+slices: label propagation by 2D registration (segmentation), non-local means or BM3D
+(denoising), biharmonic inpainting, and an intensity map learned from the prompt pairs
+(synthesis). Like the Predictor, every method works slice by slice along ``axis`` and returns the
+target of an indexed prompt slice unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import isotonic_regression
+from skimage.restoration import denoise_nl_means, estimate_sigma, inpaint_biharmonic
+
+from .intensity import normalize
+from .slicewise import check_axis, map_slices, take_slice
+from .types import CancelToken, ProgressFn, Prompt
+
+REGISTRATIONS = ("demons", "bspline", "affine")
+MAPPINGS = ("histogram", "monotone")
+
+
+@dataclass(frozen=True)
+class ClassicalBaseline:
+    """Settings of the classical methods; defaults keep a 256x256 slice well under a second.
+
+    registration: deformable stage after the affine one ("demons", "bspline") or "affine" alone.
+    registration_iterations: iterations per stage (demons: total; affine/B-spline: per level).
+    bspline_mesh: B-spline control grid size per dimension.
+    nlm_strength: non-local means filter strength ``h`` as a multiple of the estimated noise sigma.
+    use_bm3d: denoise with BM3D (the optional ``bm3d`` package) instead of non-local means.
+    synthesis_mapping: "histogram" (quantile map prompt image -> prompt target, always
+        increasing) or "monotone" (isotonic least-squares fit of target on image, increasing or
+        decreasing, whichever fits the prompt pairs better).
+    """
+
+    registration: str = "demons"
+    registration_iterations: int = 30
+    bspline_mesh: int = 8
+    nlm_strength: float = 0.8
+    use_bm3d: bool = False
+    synthesis_mapping: str = "histogram"
+
+    def __post_init__(self) -> None:
+        if self.registration not in REGISTRATIONS:
+            raise ValueError(f"registration must be one of {REGISTRATIONS}, got {self.registration!r}")
+        if self.synthesis_mapping not in MAPPINGS:
+            raise ValueError(f"synthesis_mapping must be one of {MAPPINGS}, got {self.synthesis_mapping!r}")
+        if self.registration_iterations < 1 or self.bspline_mesh < 1:
+            raise ValueError("registration_iterations and bspline_mesh must be >= 1")
+        if not self.nlm_strength > 0:
+            raise ValueError(f"nlm_strength must be > 0, got {self.nlm_strength}")
+        if self.use_bm3d:
+            _import_bm3d()
+
+    def segment(
+        self,
+        image: np.ndarray,
+        prompts: Sequence[Prompt],
+        axis: int = 0,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+    ) -> np.ndarray:
+        """Label volume: each slice gets the label of the nearest prompt slice (by index; when no
+        prompt has an index, the first prompt), registered onto it and warped nearest-neighbour."""
+        image = _volume(image, "image")
+        prompts = _required_prompts(prompts, "segment")
+        dtype = _label_dtype(prompts)
+        kept = _kept_slices(prompts, image.shape, axis)
+        indexed = [p for p in prompts if p.index is not None]
+
+        def one(index: int, plane: np.ndarray) -> np.ndarray:
+            if index in kept:
+                return kept[index]
+            prompt = min(indexed, key=lambda p: abs(p.index - index)) if indexed else prompts[0]
+            return self._propagate(prompt, plane, index, dtype)
+
+        return map_slices(one, image, axis, dtype=dtype, progress=progress, cancel=cancel)
+
+    def denoise(
+        self,
+        image: np.ndarray,
+        prompts: Sequence[Prompt] | None = None,
+        axis: int = 0,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+    ) -> np.ndarray:
+        """Non-local means (or BM3D) per slice with the noise sigma estimated on that slice.
+        Prompts are not needed; indexed prompt slices return their targets."""
+        image = _volume(image, "image")
+        kept = _kept_slices(prompts or (), image.shape, axis)
+        denoise_plane = _bm3d_plane if self.use_bm3d else self._nlm_plane
+
+        def one(index: int, plane: np.ndarray) -> np.ndarray:
+            return kept[index] if index in kept else denoise_plane(plane)
+
+        return map_slices(one, image, axis, progress=progress, cancel=cancel)
+
+    def inpaint(
+        self,
+        image: np.ndarray,
+        hole_mask: np.ndarray,
+        prompts: Sequence[Prompt] | None = None,
+        axis: int = 0,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+    ) -> np.ndarray:
+        """Biharmonic inpainting of the hole in each slice; pixels outside the hole are kept."""
+        image = _volume(image, "image")
+        hole_mask = np.asarray(hole_mask, dtype=bool)
+        if hole_mask.shape != image.shape:
+            raise ValueError(f"hole_mask shape {hole_mask.shape} must equal image shape {image.shape}")
+        kept = _kept_slices(prompts or (), image.shape, axis)
+
+        def one(index: int, plane: np.ndarray) -> np.ndarray:
+            if index in kept:
+                return kept[index]
+            hole = take_slice(hole_mask, axis, index)
+            if not hole.any():
+                return plane
+            if hole.all():
+                raise ValueError(
+                    f"hole_mask covers all of slice {index} along axis {axis}; nothing to extend"
+                )
+            return np.where(hole, inpaint_biharmonic(plane, hole), plane)
+
+        return map_slices(one, image, axis, progress=progress, cancel=cancel)
+
+    def synthesize(
+        self,
+        source: np.ndarray,
+        prompts: Sequence[Prompt],
+        axis: int = 0,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+    ) -> np.ndarray:
+        """One intensity map learned from all prompt pairs (pixels of prompt image -> prompt
+        target), applied to every source slice; the output is in the targets' units."""
+        source = _volume(source, "source")
+        prompts = _required_prompts(prompts, "synthesize")
+        kept = _kept_slices(prompts, source.shape, axis)
+        images = np.concatenate([np.ravel(p.image) for p in prompts]).astype(np.float64)
+        targets = np.concatenate([np.ravel(p.target) for p in prompts]).astype(np.float64)
+        fit = _quantile_map if self.synthesis_mapping == "histogram" else _isotonic_map
+        knots_x, knots_y = fit(images, targets)
+
+        def one(index: int, plane: np.ndarray) -> np.ndarray:
+            return kept[index] if index in kept else np.interp(plane, knots_x, knots_y)
+
+        return map_slices(one, source, axis, progress=progress, cancel=cancel)
+
+    def _propagate(self, prompt: Prompt, plane: np.ndarray, index: int, dtype: np.dtype) -> np.ndarray:
+        import SimpleITK as sitk
+
+        label = np.asarray(prompt.target).astype(dtype)
+        if not label.any():
+            return np.zeros(plane.shape, dtype=dtype)
+        fixed = sitk.GetImageFromArray(normalize(plane, "OTHER"))
+        moving = sitk.GetImageFromArray(normalize(prompt.image, "OTHER"))
+        try:
+            transform = self._register(fixed, moving)
+        except RuntimeError as error:
+            warnings.warn(
+                f"registration onto slice {index} failed ({error}); using the centred initial transform",
+                stacklevel=2,
+            )
+            transform = _centred_affine(fixed, moving)
+        moving_label = sitk.GetImageFromArray(label)
+        warped = sitk.Resample(moving_label, fixed, transform, sitk.sitkNearestNeighbor, 0)
+        return sitk.GetArrayFromImage(warped).astype(dtype)
+
+    def _register(self, fixed, moving):
+        """Transform mapping fixed (query) points into the moving (prompt) slice."""
+        import SimpleITK as sitk
+
+        method = _mattes_method(sitk)
+        method.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-3, self.registration_iterations)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetShrinkFactorsPerLevel([4, 2])
+        method.SetSmoothingSigmasPerLevel([2, 1])
+        method.SetInitialTransform(_centred_affine(fixed, moving), inPlace=False)
+        affine = method.Execute(fixed, moving)
+        if self.registration == "affine":
+            return affine
+        if self.registration == "bspline":
+            bspline = sitk.BSplineTransformInitializer(fixed, [self.bspline_mesh] * 2)
+            method = _mattes_method(sitk)
+            method.SetOptimizerAsLBFGSB(1e-5, self.registration_iterations)
+            method.SetShrinkFactorsPerLevel([2, 1])
+            method.SetSmoothingSigmasPerLevel([1, 0])
+            method.SetMovingInitialTransform(affine)
+            method.SetInitialTransform(bspline, inPlace=True)
+            method.Execute(fixed, moving)
+            return sitk.CompositeTransform([affine, bspline])
+        # demons assume equal intensities, so the affinely aligned prompt is histogram-matched first
+        aligned = sitk.HistogramMatching(sitk.Resample(moving, fixed, affine, sitk.sitkLinear, 0.0), fixed)
+        demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
+        demons.SetNumberOfIterations(self.registration_iterations)
+        demons.SetStandardDeviations(1.5)
+        field = demons.Execute(fixed, aligned)
+        return sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])
+
+    def _nlm_plane(self, plane: np.ndarray) -> np.ndarray:
+        plane = plane.astype(np.float64)
+        sigma = float(estimate_sigma(plane))
+        if sigma == 0:
+            return plane
+        return denoise_nl_means(
+            plane, h=self.nlm_strength * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True
+        )
+
+
+def _mattes_method(sitk):
+    """Mutual information copes with prompts from another scan; fixed-seed sampling keeps it repeatable."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.2, 1)
+    method.SetInterpolator(sitk.sitkLinear)
+    return method
+
+
+def _centred_affine(fixed, moving):
+    import SimpleITK as sitk
+
+    return sitk.CenteredTransformInitializer(
+        fixed, moving, sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.GEOMETRY
+    )
+
+
+def _import_bm3d():
+    try:
+        import bm3d
+    except ImportError as error:
+        raise ValueError(
+            "use_bm3d=True needs the optional 'bm3d' package (pip install bm3d; note its "
+            "non-commercial license)"
+        ) from error
+    return bm3d
+
+
+def _bm3d_plane(plane: np.ndarray) -> np.ndarray:
+    """BM3D's profiles are tuned for images in [0, 1], so the slice is scaled there and back."""
+    plane = plane.astype(np.float64)
+    low, high = float(plane.min()), float(plane.max())
+    if high == low:
+        return plane
+    scaled = (plane - low) / (high - low)
+    sigma = float(estimate_sigma(scaled))
+    if sigma == 0:
+        return plane
+    return _import_bm3d().bm3d(scaled, sigma_psd=sigma) * (high - low) + low
+
+
+def _collapse(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique x values with the mean y and the count at each (np.interp needs increasing x)."""
+    unique_x, inverse = np.unique(x, return_inverse=True)
+    counts = np.bincount(inverse).astype(np.float64)
+    return unique_x, np.bincount(inverse, weights=y) / counts, counts
+
+
+def _quantile_map(images: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram matching of prompt image onto prompt target, kept as a fixed lookup so every
+    source slice gets the same map (matching each slice to the target would not)."""
+    levels = np.linspace(0.0, 1.0, 257)
+    knots_x, knots_y, _ = _collapse(np.quantile(images, levels), np.quantile(targets, levels))
+    return knots_x, knots_y
+
+
+def _isotonic_map(images: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    knots_x, means, counts = _collapse(images, targets)
+    fits = [isotonic_regression(means, weights=counts, increasing=up).x for up in (True, False)]
+    errors = [np.sum(counts * (fit - means) ** 2) for fit in fits]
+    return knots_x, fits[int(np.argmin(errors))]
+
+
+def _volume(array: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"{name} must be a 3D (k, j, i) array, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _required_prompts(prompts: Sequence[Prompt] | None, task: str) -> list[Prompt]:
+    prompts = list(prompts or ())
+    if not prompts:
+        raise ValueError(f"{task} needs at least one prompt (image, target) pair")
+    return prompts
+
+
+def _label_dtype(prompts: Sequence[Prompt]) -> np.dtype:
+    dtypes = [np.asarray(p.target).dtype for p in prompts]
+    for number, dtype in enumerate(dtypes):
+        if not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
+            raise ValueError(f"segmentation prompt {number} has a {dtype} target; expected integer labels")
+    dtype = np.result_type(*dtypes)
+    return np.dtype(np.uint8) if dtype == np.bool_ else dtype
+
+
+def _kept_slices(prompts: Sequence[Prompt], shape: tuple[int, ...], axis: int) -> dict[int, np.ndarray]:
+    """Targets of prompts that are slices of the query itself, by index, checked against the grid."""
+    axis = check_axis(axis)
+    plane_shape = tuple(n for a, n in enumerate(shape) if a != axis)
+    kept: dict[int, np.ndarray] = {}
+    for number, prompt in enumerate(prompts):
+        if prompt.index is None:
+            continue
+        if not 0 <= prompt.index < shape[axis]:
+            raise ValueError(
+                f"prompt {number} index {prompt.index} is outside 0..{shape[axis] - 1} (axis {axis})"
+            )
+        if prompt.target.shape != plane_shape:
+            raise ValueError(
+                f"prompt {number} is slice {prompt.index} of the query but its target has shape "
+                f"{prompt.target.shape}, not the slice shape {plane_shape}"
+            )
+        kept[prompt.index] = prompt.target
+    return kept

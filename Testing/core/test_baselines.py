@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from MVGCore.baselines import ClassicalBaseline
+from MVGCore.metrics import dice_per_class, psnr
+from MVGCore.types import Cancelled, CancelToken, Prompt
+
+
+def _moving_disc(slices: int = 5, size: int = 48, shift: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A bright blurred disc that moves ``shift`` pixels along i per slice, and its label."""
+    k, j, i = np.mgrid[:slices, :size, :size]
+    centre_i = size // 2 + (k - slices // 2) * shift
+    label = ((j - size // 2) ** 2 + (i - centre_i) ** 2 <= 10**2).astype(np.uint8)
+    image = ndimage.gaussian_filter(label.astype(np.float32) * 100 + 20, sigma=(0, 1.5, 1.5))
+    return image, label
+
+
+@pytest.mark.parametrize("registration", ["affine", "demons", "bspline"])
+def test_segment_follows_a_moving_structure_and_keeps_the_prompt(registration):
+    image, label = _moving_disc()
+    prompt = Prompt.from_volume(image, 2, label[2])
+    calls = []
+    result = ClassicalBaseline(registration=registration).segment(
+        image, [prompt], progress=lambda done, total: calls.append((done, total))
+    )
+    assert result.shape == image.shape and result.dtype == np.uint8
+    assert (result[2] == label[2]).all()
+    assert calls[-1] == (5, 5) and [c for c in calls if c[0] == c[1]] == [(5, 5)]
+    static_dice = dice_per_class(np.broadcast_to(label[2], label.shape), label)[1]
+    dice = dice_per_class(result, label)[1]
+    assert dice > 0.9 and dice > static_dice + 0.05  # registration tracks the 2-8 px motion
+
+
+def test_segment_uses_nearest_indexed_prompt_and_multi_labels():
+    image, label = _moving_disc(slices=4)
+    label = label * np.array([1, 1, 3, 3], dtype=np.uint8)[:, None, None]
+    prompts = [Prompt.from_volume(image, 0, label[0]), Prompt.from_volume(image, 3, label[3])]
+    result = ClassicalBaseline(registration="affine").segment(image, prompts)
+    assert set(np.unique(result[1])) == {0, 1} and set(np.unique(result[2])) == {0, 3}
+
+
+def test_segment_along_another_axis_with_unindexed_prompt():
+    image, label = _moving_disc()
+    volume, truth = np.moveaxis(image, 0, 2), np.moveaxis(label, 0, 2)
+    prompt = Prompt(image=image[2], target=label[2].astype(np.int32))  # no index: used for all slices
+    result = ClassicalBaseline(registration="affine").segment(volume, [prompt], axis=2)
+    assert result.dtype == np.int32 and result.shape == volume.shape
+    assert dice_per_class(result, truth)[1] > 0.9
+
+
+def test_segment_errors_name_the_problem():
+    image, label = _moving_disc(slices=2)
+    baseline = ClassicalBaseline()
+    with pytest.raises(ValueError, match="at least one prompt"):
+        baseline.segment(image, [])
+    with pytest.raises(ValueError, match="integer labels"):
+        baseline.segment(image, [Prompt(image[0], label[0].astype(np.float32), 0)])
+    with pytest.raises(ValueError, match="index 5 is outside"):
+        baseline.segment(image, [Prompt(image[0], label[0], 5)])
+    with pytest.raises(ValueError, match="3D"):
+        baseline.segment(image[0], [Prompt(image[0], label[0])])
+    with pytest.raises(ValueError, match="registration must be one of"):
+        ClassicalBaseline(registration="elastix")
+
+
+def test_cancel_between_slices():
+    image, label = _moving_disc()
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        ClassicalBaseline().segment(image, [Prompt.from_volume(image, 2, label[2])], cancel=token)
+
+
+def _smooth_volume(slices: int = 2, size: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return ndimage.gaussian_filter(rng.random((slices, size, size)), sigma=(0, 4, 4)).astype(np.float32) * 4
+
+
+@pytest.mark.parametrize("use_bm3d", [False, True])
+def test_denoise_improves_psnr_in_input_units(use_bm3d):
+    if use_bm3d:
+        pytest.importorskip("bm3d")
+    clean = _smooth_volume(slices=8, size=32) * 100  # arbitrary units: the baseline must not assume [0, 1]
+    noisy = clean + np.random.default_rng(2).normal(0, 5, clean.shape).astype(np.float32)
+    axis = 0 if use_bm3d else 1  # BM3D needs slices of at least 8x8 and costs ~0.2 s per call
+    result = ClassicalBaseline(use_bm3d=use_bm3d).denoise(noisy, axis=axis)
+    assert result.dtype == np.float32 and result.shape == clean.shape
+    data_range = float(clean.max() - clean.min())
+    assert psnr(result, clean, data_range) > psnr(noisy, clean, data_range) + 3
+
+
+def test_inpaint_fills_the_hole_and_keeps_the_rest():
+    j, i = np.mgrid[:32, :32]
+    image = np.stack([2.0 * j + 3.0 * i, 50.0 - i]).astype(np.float32)  # linear: biharmonic is exact
+    hole = np.zeros(image.shape, dtype=bool)
+    hole[0, 10:20, 12:18] = True
+    damaged = np.where(hole, 0.0, image).astype(np.float32)
+    result = ClassicalBaseline().inpaint(damaged, hole)
+    assert (result[~hole] == damaged[~hole]).all()
+    np.testing.assert_allclose(result[hole], image[hole], atol=0.05)
+    full = np.ones(image.shape, dtype=bool)
+    with pytest.raises(ValueError, match="covers all of slice 0"):
+        ClassicalBaseline().inpaint(damaged, full)
+    with pytest.raises(ValueError, match="hole_mask shape"):
+        ClassicalBaseline().inpaint(damaged, hole[0])
+
+
+def test_synthesis_monotone_learns_a_decreasing_map_histogram_cannot():
+    source = _smooth_volume(slices=3) * 100
+    target = 1000.0 - 2.0 * source  # an inverted contrast, like T1 -> T2 for some tissues
+    prompt = Prompt.from_volume(source, 0, target[0])
+    monotone = ClassicalBaseline(synthesis_mapping="monotone").synthesize(source, [prompt])
+    histogram = ClassicalBaseline(synthesis_mapping="histogram").synthesize(source, [prompt])
+    assert (monotone[0] == target[0]).all() and (histogram[0] == target[0]).all()  # prompt kept
+    data_range = float(target.max() - target.min())
+    # slices 1 and 2 were never seen; values outside the prompt's range are clamped by np.interp
+    assert psnr(monotone[1:], target[1:], data_range) > 30
+    assert psnr(histogram[1:], target[1:], data_range) < 15
+
+
+def test_synthesis_histogram_maps_an_increasing_nonlinear_contrast():
+    source = _smooth_volume(slices=3) * 100
+    target = np.sqrt(source) * 10
+    prompts = [Prompt(image=source[0], target=target[0])]
+    result = ClassicalBaseline().synthesize(source, prompts)
+    data_range = float(target.max() - target.min())
+    assert psnr(result[1:], target[1:], data_range) > 30
