@@ -1,0 +1,170 @@
+"""Console and batch use: run a task on scene nodes or on files, without the module's UI.
+
+In Slicer's Python console::
+
+    from MVGSlicerLib.batch import SceneProcessor
+    processor = SceneProcessor(slicer.mrmlScene, engine)
+    seg = processor.segment(volumeNode, promptSegmentationNode, prompt_indices=[40, 80], axis=0)
+
+Outputs are always NEW nodes (and new files); a file that exists already is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from MVGCore.types import CancelToken, ProgressFn
+
+from . import pipeline
+from .engine import Engine
+
+
+class SceneProcessor:
+    """Synchronous runs on one scene with one engine; every method returns the new node."""
+
+    def __init__(self, scene: Any, engine: Engine) -> None:
+        self.scene = scene
+        self.engine = engine
+
+    def segment(
+        self,
+        volume_node: Any,
+        segmentation_node: Any,
+        prompt_indices: Sequence[int] | None = None,
+        axis: int = 0,
+        segment_ids: Sequence[str] | None = None,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Any:
+        """New segmentation of ``volume_node`` from labels painted on prompt slices.
+
+        ``prompt_indices`` default to every slice along ``axis`` holding a painted label;
+        ``segment_ids`` default to all segments of ``segmentation_node``, in order.
+        """
+        job = pipeline.segment_job(volume_node, segmentation_node, prompt_indices, axis, segment_ids)
+        return pipeline.run(self.scene, job, self.engine, progress, cancel)
+
+    def denoise(self, volume_node: Any, axis: int = 0, progress=None, cancel=None) -> Any:
+        return pipeline.run(
+            self.scene, pipeline.denoise_job(volume_node, axis), self.engine, progress, cancel
+        )
+
+    def inpaint(
+        self,
+        volume_node: Any,
+        segmentation_node: Any,
+        hole_segment_id: str,
+        axis: int = 0,
+        progress=None,
+        cancel=None,
+    ) -> Any:
+        job = pipeline.inpaint_job(volume_node, segmentation_node, hole_segment_id, axis)
+        return pipeline.run(self.scene, job, self.engine, progress, cancel)
+
+    def synthesize(
+        self,
+        source_node: Any,
+        target_node: Any,
+        prompt_indices: Sequence[int],
+        axis: int = 0,
+        progress=None,
+        cancel=None,
+    ) -> Any:
+        job = pipeline.synthesize_job(source_node, target_node, prompt_indices, axis)
+        return pipeline.run(self.scene, job, self.engine, progress, cancel)
+
+
+def load_volume(volumes_logic: Any, path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"volume file not found: {path}")
+    node = volumes_logic.AddArchetypeVolume(str(path), _stem(path), 0)
+    if node is None:
+        raise ValueError(f"could not read a volume from {path}")
+    return node
+
+
+def load_segmentation(segmentations_logic: Any, path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"segmentation file not found: {path}")
+    node = segmentations_logic.LoadSegmentationFromFile(str(path), False)
+    if node is None:
+        raise ValueError(f"could not read a segmentation from {path}")
+    return node
+
+
+def save_node(node: Any, path: str | Path) -> Path:
+    """Write a volume or segmentation node atomically to a file that must not exist yet."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"output file exists already, not overwriting it: {path}")
+    storage = node.CreateDefaultStorageNode()  # kept out of the scene: saving adds nothing to it
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".seg.nrrd", ".nii.gz")) else path.suffix
+    temporary = path.with_name(f".{path.name}.partial{suffix}")
+    storage.SetFileName(str(temporary))
+    try:
+        if not storage.WriteData(node):
+            raise OSError(f"could not write {path}")
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return path
+
+
+def process_file(
+    scene: Any,
+    volumes_logic: Any,
+    segmentations_logic: Any,
+    engine: Engine,
+    task: str,
+    input_path: str | Path,
+    output_path: str | Path,
+    prompts_path: str | Path | None = None,
+    target_path: str | Path | None = None,
+    prompt_indices: Sequence[int] | None = None,
+    axis: int = 0,
+    hole_segment_id: str | None = None,
+) -> Path:
+    """Run ``task`` on a volume file and save the new node to ``output_path``.
+
+    Segment and Inpaint read their labels from ``prompts_path`` (a .seg.nrrd); Synthesize reads the
+    co-registered target volume from ``target_path``.
+    """
+    if Path(output_path).exists():
+        raise FileExistsError(f"output file exists already, not overwriting it: {output_path}")
+    processor = SceneProcessor(scene, engine)
+    volume = load_volume(volumes_logic, input_path)
+    if task == "Segment":
+        prompts = load_segmentation(segmentations_logic, _required(prompts_path, "prompts_path", task))
+        result = processor.segment(volume, prompts, prompt_indices, axis)
+    elif task == "Denoise":
+        result = processor.denoise(volume, axis)
+    elif task == "Inpaint":
+        holes = load_segmentation(segmentations_logic, _required(prompts_path, "prompts_path", task))
+        hole_id = hole_segment_id or holes.GetSegmentation().GetNthSegmentID(0)
+        result = processor.inpaint(volume, holes, hole_id, axis)
+    elif task == "Synthesize":
+        target = load_volume(volumes_logic, _required(target_path, "target_path", task))
+        result = processor.synthesize(volume, target, _required(prompt_indices, "prompt_indices", task), axis)
+    else:
+        raise ValueError(f"task must be one of {pipeline.TASKS}, got {task!r}")
+    return save_node(result, output_path)
+
+
+def _required(value: Any, name: str, task: str) -> Any:
+    if value is None:
+        raise ValueError(f"task {task} needs {name}")
+    return value
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem

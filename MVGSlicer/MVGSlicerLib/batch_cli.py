@@ -1,0 +1,90 @@
+"""Batch processing from the command line, inside Slicer but without its window::
+
+    Slicer --no-main-window --python-script <extension>/MVGSlicerLib/batch_cli.py \\
+        --task Segment --input ct.nrrd --prompts labels.seg.nrrd --output ct_mvg.seg.nrrd
+
+Segment uses every slice of --prompts that holds a label (along --axis) unless --slices is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "MVGSlicerLib"
+
+from MVGSlicerLib import batch, engine, models, pipeline
+from MVGSlicerLib.simple_engine import SimpleEngine
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="batch_cli.py", description="MVGSlicer batch processing")
+    parser.add_argument("--task", required=True, choices=pipeline.TASKS)
+    parser.add_argument("--input", required=True, help="input volume file")
+    parser.add_argument("--output", required=True, help="new output file (.nrrd, .nii.gz or .seg.nrrd)")
+    parser.add_argument("--prompts", help="segmentation file: prompt labels (Segment) or the hole (Inpaint)")
+    parser.add_argument("--target", help="co-registered target-modality volume (Synthesize)")
+    parser.add_argument("--slices", type=int, nargs="+", help="prompt slice indices along --axis")
+    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="array axis: 0=k, 1=j, 2=i")
+    parser.add_argument("--hole-segment", help="segment id of the hole (Inpaint; default: the first segment)")
+    parser.add_argument("--model", default="", help="registry name or .safetensors file (default: bundled)")
+    parser.add_argument("--device", default="auto", choices=engine.DEVICES)
+    parser.add_argument(
+        "--engine",
+        default="mvg",
+        choices=("mvg", "simple"),
+        help="'simple' = numpy stand-in to check a setup",
+    )
+    return parser.parse_args(argv)
+
+
+def make_engine(args: argparse.Namespace) -> engine.Engine:
+    if args.engine == "simple":
+        return SimpleEngine()
+    path = models.resolve_model(args.model, models.load_registry())
+    return engine.load_engine(path, args.device)
+
+
+def main(
+    argv: Sequence[str],
+    scene: Any,
+    volumes_logic: Any,
+    segmentations_logic: Any,
+    engine_factory: Callable[[argparse.Namespace], engine.Engine] = make_engine,
+) -> int:
+    args = parse_args(argv)
+    try:
+        runner = engine_factory(args)
+        output = batch.process_file(
+            scene,
+            volumes_logic,
+            segmentations_logic,
+            runner,
+            args.task,
+            args.input,
+            args.output,
+            prompts_path=args.prompts,
+            target_path=args.target,
+            prompt_indices=args.slices,
+            axis=args.axis,
+            hole_segment_id=args.hole_segment,
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"MVGSlicer batch: {error}", file=sys.stderr)
+        return 1
+    print(f"MVGSlicer batch: wrote {output} (device: {runner.device})")
+    return 0
+
+
+if __name__ == "__main__":
+    import slicer
+
+    status = main(
+        sys.argv[1:], slicer.mrmlScene, slicer.modules.volumes.logic(), slicer.modules.segmentations.logic()
+    )
+    slicer.util.exit(status)

@@ -1,0 +1,234 @@
+"""A run with the numpy SimpleEngine: new nodes, right segments and geometry, the user's data unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import slicer
+import slicerio
+import vtk
+from MVGSlicerLib import batch, batch_cli, mrml_io, pipeline
+from MVGSlicerLib.simple_engine import SimpleEngine
+
+from MVGCore.types import Cancelled, CancelToken
+
+SHAPE = (6, 8, 9)
+TERMINOLOGY = (
+    "Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+    "~SCT^10200004^Liver~^^~Anatomic codes - DICOM master list~^^~^^"
+)
+
+
+def _paint(seg_node, segment_id, mask, volume_node):
+    image = slicer.vtkOrientedImageData()
+    image.SetImageToWorldMatrix(mrml_io.numpy_to_matrix(mrml_io.ijk_to_ras(volume_node)))
+    mrml_io.image_data_from_array(mask.astype(np.uint8), image)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    assert logic.SetBinaryLabelmapToSegment(image, seg_node, segment_id, logic.MODE_REPLACE)
+
+
+def _scene_with_prompts(mrml, grid, axis=0):
+    """A volume, a prompt segmentation painted on slices 1 and 4 along ``axis``, and an extra segmentation."""
+    rng = np.random.default_rng(1)
+    volume = mrml_io.add_volume_from_array(mrml.scene, rng.normal(size=SHAPE).astype(np.float32), grid, "ct")
+    seg = slicer.vtkMRMLSegmentationNode()
+    mrml.scene.AddNode(seg)
+    seg.SetName("prompts")
+    seg.CreateDefaultDisplayNodes()
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    liver = seg.GetSegmentation().AddEmptySegment("liver", "liver", [0.8, 0.3, 0.2])
+    seg.GetSegmentation().GetSegment(liver).SetTag(
+        slicer.vtkSegment.GetTerminologyEntryTagName(), TERMINOLOGY
+    )
+    spleen = seg.GetSegmentation().AddEmptySegment("spleen", "spleen", [0.1, 0.5, 0.9])
+    painted = {liver: np.zeros(SHAPE, bool), spleen: np.zeros(SHAPE, bool)}
+    for index in (1, 4):
+        where = [slice(None)] * 3
+        where[axis] = index
+        liver_slice = rng.random(np.zeros(SHAPE)[tuple(where)].shape) < 0.4
+        painted[liver][tuple(where)] = liver_slice
+        painted[spleen][tuple(where)] = ~liver_slice & (rng.random(liver_slice.shape) < 0.3)
+    for segment_id, mask in painted.items():
+        _paint(seg, segment_id, mask, volume)
+    other = slicer.vtkMRMLSegmentationNode()
+    mrml.scene.AddNode(other)
+    other.SetName("other")
+    _paint(
+        other, other.GetSegmentation().AddEmptySegment("kidney", "kidney", [0, 1, 0]), painted[liver], volume
+    )
+    return volume, seg, other, painted
+
+
+def _snapshot(mrml, nodes):
+    """What the user could see: node ids, and every segment's name, color, tags and voxels."""
+    state = {"ids": sorted(mrml.scene.GetNodeByID(f"{n}").GetID() for n in _node_ids(mrml.scene))}
+    volume = nodes[0]
+    for seg in nodes[1:]:
+        for n in range(seg.GetSegmentation().GetNumberOfSegments()):
+            segment_id = seg.GetSegmentation().GetNthSegmentID(n)
+            segment = seg.GetSegmentation().GetSegment(segment_id)
+            state[(seg.GetID(), segment_id)] = (
+                segment.GetName(),
+                tuple(segment.GetColor()),
+                _terminology(segment),
+                mrml_io.segment_mask(seg, segment_id, volume).tobytes(),
+            )
+    state["voxels"] = mrml_io.array_from_volume(volume).tobytes()
+    return state
+
+
+def _terminology(segment) -> str:
+    value = vtk.reference("")
+    segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value)
+    return str(value)
+
+
+def _node_ids(scene):
+    return [scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())]
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_segment_writes_new_segmentation_and_leaves_user_data(mrml, grid, axis):
+    volume, seg, other, painted = _scene_with_prompts(mrml, grid, axis)
+    before = _snapshot(mrml, (volume, seg, other))
+    job = pipeline.segment_job(volume, seg, axis=axis)
+    assert [p.index for p in job.prompts] == [1, 4]  # exactly the painted slices
+    for prompt in job.prompts:
+        where = [slice(None)] * 3
+        where[axis] = prompt.index
+        expected = np.where(painted["spleen"], 2, np.where(painted["liver"], 1, 0))[tuple(where)]
+        assert np.array_equal(prompt.target, expected)  # exactly the painted voxels
+
+    out = pipeline.run(mrml.scene, job, SimpleEngine())
+
+    assert out.GetID() not in before["ids"] and out.GetName() == "ct MVG segment"
+    after = _snapshot(mrml, (volume, seg, other))
+    assert {k: v for k, v in after.items() if k != "ids"} == {k: v for k, v in before.items() if k != "ids"}
+    segmentation = out.GetSegmentation()
+    assert [segmentation.GetNthSegmentID(n) for n in range(2)] == ["liver", "spleen"]
+    liver = segmentation.GetSegment("liver")
+    assert liver.GetName() == "liver" and np.allclose(liver.GetColor(), (0.8, 0.3, 0.2))
+    assert _terminology(liver) == TERMINOLOGY
+    assert np.allclose(segmentation.GetSegment("spleen").GetColor(), (0.1, 0.5, 0.9))
+    # SimpleEngine copies the nearest prompt's labels: slices 0..2 from slice 1, 3..5 from slice 4
+    for segment_id in ("liver", "spleen"):
+        got = mrml_io.segment_mask(out, segment_id, volume)
+        for index in range(SHAPE[axis]):
+            source = 1 if index <= 2 else 4
+            assert np.array_equal(np.take(got, index, axis), np.take(painted[segment_id], source, axis))
+
+
+def test_cancelled_run_leaves_scene_exactly_as_before(mrml):
+    volume, seg, other, _ = _scene_with_prompts(mrml, np.eye(4))
+    before = _snapshot(mrml, (volume, seg, other))
+    job = pipeline.segment_job(volume, seg)
+    cancel = CancelToken()
+    seen = []
+
+    def progress(done, total):
+        seen.append((done, total))
+        if done == 2:
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        pipeline.run(mrml.scene, job, SimpleEngine(), progress, cancel)
+    assert seen == [(1, SHAPE[0]), (2, SHAPE[0])]
+    assert _snapshot(mrml, (volume, seg, other)) == before
+
+
+def test_image_tasks_write_new_volumes_on_the_input_grid(mrml, grid):
+    volume, seg, _, painted = _scene_with_prompts(mrml, grid)
+    image = mrml_io.array_from_volume(volume)
+    processor = batch.SceneProcessor(mrml.scene, SimpleEngine())
+
+    denoised = processor.denoise(volume)
+    assert np.allclose(mrml_io.ijk_to_ras(denoised), grid)
+    assert np.allclose(mrml_io.array_from_volume(denoised)[2], image[1:4].mean(axis=0), atol=1e-5)
+
+    filled = processor.inpaint(volume, seg, "liver")
+    result = mrml_io.array_from_volume(filled)
+    hole = painted["liver"]
+    assert np.array_equal(result[~hole], image[~hole]) and np.allclose(
+        result[1][hole[1]], image[1][~hole[1]].mean()
+    )
+
+    target = mrml_io.add_volume_from_array(mrml.scene, 2 * image + 1, grid, "mr")
+    synthesized = processor.synthesize(volume, target, [0, 3])
+    assert np.allclose(mrml_io.array_from_volume(synthesized), 2 * image + 1, atol=1e-4)
+    assert np.allclose(mrml_io.ijk_to_ras(synthesized), grid)
+    assert np.array_equal(mrml_io.array_from_volume(volume), image)  # the input is never changed
+
+
+def test_bad_inputs_are_named(mrml):
+    volume, seg, _, _ = _scene_with_prompts(mrml, np.eye(4))
+    empty = slicer.vtkMRMLSegmentationNode()
+    mrml.scene.AddNode(empty)
+    empty.SetName("empty")
+    empty.GetSegmentation().AddEmptySegment("hole", "hole", [1, 0, 0])
+    with pytest.raises(ValueError, match="none of the prompt slices"):
+        pipeline.segment_job(volume, seg, prompt_indices=[0, 2])
+    with pytest.raises(ValueError, match=r"outside 0\.\.5"):
+        pipeline.segment_job(volume, seg, prompt_indices=[9])
+    with pytest.raises(ValueError, match="hole segment 'hole' is empty"):
+        pipeline.inpaint_job(volume, empty, "hole")
+    shifted = mrml_io.add_volume_from_array(mrml.scene, np.zeros(SHAPE), np.diag([2.0, 1, 1, 1]), "mr")
+    with pytest.raises(ValueError, match="not on the voxel grid"):
+        pipeline.synthesize_job(volume, shifted, [1])
+
+
+def test_saved_seg_nrrd_reads_back_with_slicerio(mrml, grid, tmp_path):
+    volume, seg, _, painted = _scene_with_prompts(mrml, grid)
+    out = pipeline.run(mrml.scene, pipeline.segment_job(volume, seg), SimpleEngine())
+    # SimpleEngine copies the nearest prompt (slices 1 and 4) along k; expected from the paint, not from MRML
+    expected = {sid: painted[sid][[1, 1, 1, 4, 4, 4]] for sid in ("liver", "spleen")}
+    path = batch.save_node(out, tmp_path / "result.seg.nrrd")
+    with pytest.raises(FileExistsError):
+        batch.save_node(out, path)
+    read = slicerio.read_segmentation(str(path))
+    lps = np.asarray(read["ijkToLPS"])
+    assert np.allclose(np.diag([-1, -1, 1, 1]) @ grid[:, :3], lps[:, :3])  # same axes (origin may be cropped)
+    offset = np.rint(np.linalg.solve(grid, np.diag([-1, -1, 1, 1]) @ lps[:, 3])[:3]).astype(int)  # (i, j, k)
+    for segment_id, mask in expected.items():
+        segment = slicerio.segment_from_name(read, segment_id)
+        assert segment["color"] == pytest.approx(
+            seg.GetSegmentation().GetSegment(segment_id).GetColor(), abs=1e-4
+        )
+        ijk = slicerio.segment_mask(read, segment).astype(bool)  # slicerio: (i, j, k)
+        full = np.zeros(SHAPE[::-1], bool)
+        full[offset[0] : offset[0] + ijk.shape[0], offset[1] : offset[1] + ijk.shape[1], offset[2] :][
+            :, :, : ijk.shape[2]
+        ] = ijk
+        assert np.array_equal(full.transpose(2, 1, 0), mask)
+
+
+def test_batch_cli_processes_files(mrml, tmp_path):
+    volume, seg, _, _ = _scene_with_prompts(mrml, np.diag([-0.8, -1.25, 3.0, 1.0]))
+    input_path = batch.save_node(volume, tmp_path / "ct.nrrd")
+    prompts_path = batch.save_node(seg, tmp_path / "prompts.seg.nrrd")
+    output = tmp_path / "ct_mvg.seg.nrrd"
+    argv = [
+        "--task",
+        "Segment",
+        "--input",
+        str(input_path),
+        "--prompts",
+        str(prompts_path),
+        "--output",
+        str(output),
+    ]
+    status = batch_cli.main(argv, mrml.scene, mrml.volumes, mrml.segmentations, lambda _args: SimpleEngine())
+    assert status == 0 and output.is_file()
+    read = slicerio.read_segmentation(str(output))
+    assert slicerio.segment_names(read) == ["liver", "spleen"]
+    assert np.allclose(np.asarray(read["ijkToLPS"])[:3, :3], np.diag([0.8, 1.25, 3.0]))
+    assert batch_cli.main(argv, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: SimpleEngine()) == 1
+    missing = [
+        *argv[:3],
+        str(tmp_path / "missing.nrrd"),
+        *argv[4:6],
+        "--output",
+        str(tmp_path / "x.seg.nrrd"),
+    ]
+    assert (
+        batch_cli.main(missing, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: SimpleEngine()) == 1
+    )
