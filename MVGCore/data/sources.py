@@ -96,6 +96,7 @@ def load_nnunet(root: str | Path) -> list[Case]:
     """nnU-Net v2 raw dataset: imagesTr/{case}_{XXXX}{ending}, labelsTr/{case}{ending}, dataset.json.
 
     Only the training split is listed; imagesTs is the user's held-out set and stays untouched.
+    A dataset without any label is image-only; once labelsTr holds labels, every case needs one.
     """
     root = Path(root)
     description = _read_dataset_json(root)
@@ -118,6 +119,7 @@ def load_nnunet(root: str | Path) -> list[Case]:
         channel_files.setdefault(match.group(1), {})[int(match.group(2))] = file
     dataset = description.get("name") or root.name
     license = str(description.get("license") or description.get("licence") or "")
+    labelled = labels_dir.is_dir() and any(labels_dir.glob(f"*{ending}"))
     cases = []
     for case_id, files in channel_files.items():
         if sorted(files) != list(range(len(names))):
@@ -126,7 +128,9 @@ def load_nnunet(root: str | Path) -> list[Case]:
                 f"({', '.join(names)}), found {sorted(files)}"
             )
         label = labels_dir / f"{case_id}{ending}"
-        has_label = label.exists()
+        if labelled and not label.exists():
+            raise FileNotFoundError(f"nnU-Net case {case_id!r} has images but no label {label}")
+        has_label = labelled
         cases.append(
             Case(
                 case_id=case_id,

@@ -85,6 +85,13 @@ def test_nnunet_missing_channel_names_the_case(tmp_path):
         load_nnunet(root)
 
 
+def test_nnunet_missing_label_names_the_file(tmp_path):
+    root = _nnunet(tmp_path / "ds")
+    (root / "labelsTr" / "c2.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"'c2' has images but no label .*labelsTr/c2\.nii\.gz"):
+        load_nnunet(root)
+
+
 def test_empty_and_unknown_layouts_are_errors(tmp_path):
     root = _nnunet(tmp_path / "ds", cases=())
     with pytest.raises(ValueError, match="no images named"):
