@@ -1,0 +1,132 @@
+"""prepare: volumes -> slice store; what is kept and dropped, exact tiles, atomic writes, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from MVGCore.canvas import fit_to_tile
+from MVGCore.data import phantoms
+from MVGCore.data.sources import Case
+from MVGCore.data.store import SliceStore, StoreWriter
+from MVGCore.intensity import normalize
+from MVGCore.io import read_volume, write_volume
+from MVGCore.prepare import main, prepare
+from MVGCore.types import Cancelled, CancelToken, Geometry, Volume
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    return phantoms.write_nnunet_dataset(root, 2, (10, 40, 30), 2, seed=11, spacing=(1.0, 1.0, 2.5))
+
+
+def _ct_case(tmp_path, label_values=None, target=False, tasks=("segment",)) -> Case:
+    """A CT volume whose first two slices are air (blank) and with a label on slices 5..7 only."""
+    array = np.full((10, 24, 24), -1000.0, np.float32)
+    array[2:, 4:20, 4:20] = 40.0
+    array[2:, 8:12, 8:12] = 150.0
+    label = np.zeros(array.shape, np.uint16)
+    label[5:8, 8:12, 8:12] = 1 if label_values is None else label_values
+    geometry = Geometry(spacing=(0.7, 0.7, 3.0))
+    image_path = write_volume(tmp_path / "ct.nii.gz", Volume(array, geometry))
+    label_path = write_volume(tmp_path / "ct_label.nii.gz", Volume(label, geometry))
+    target_path = None
+    if target:
+        target_path = write_volume(tmp_path / "ct_clean.nii.gz", Volume(array - 20.0, geometry))
+    return Case("ct1", "CTset", (image_path,), ("CT",), label=label_path, target=target_path, tasks=tasks)
+
+
+def test_cli_stores_every_slice_of_phantoms_exactly(phantom_root, tmp_path):
+    out = tmp_path / "store"
+    assert main(["--data", str(phantom_root), "--out", str(out), "--size", "32", "--quiet"]) == 0
+    store = SliceStore(out)
+    assert store.tile_size == 32 and store.axis == 0 and len(store.cases) == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kept_slices"] == 20 and manifest["dropped_slices"] == 0
+    assert manifest["rows"] == {"images": 40, "labels": 20, "targets": 0}
+    case = store.cases[1]
+    assert (
+        case.case_id == "phantom_001" and case.modalities == ("MR", "MR") and case.slices == tuple(range(10))
+    )
+    image = read_volume(case.source["images"][1])
+    label = read_volume(case.source["label"]).array
+    normalised = normalize(image.array, "MR")
+    for position, index in enumerate(case.slices):
+        expected = fit_to_tile(normalised[index], 32, False, spacing=(1.0, 1.0))[0]
+        np.testing.assert_allclose(store.image(case, position, 1), expected, atol=1e-3)  # float16
+        expected_label = fit_to_tile(label[index], 32, True, spacing=(1.0, 1.0))[0]
+        np.testing.assert_array_equal(store.label(case, position), expected_label)
+        assert case.foreground[position] == bool(expected_label.any())
+    assert case.source["fit"]["content"] == [32, 24]  # 40x30 slice, aspect kept
+    assert any(case.foreground) and not all(case.foreground)  # phantom end slices have no classes
+
+
+def test_segment_only_case_drops_blank_and_unlabelled_slices_with_reasons(tmp_path):
+    out = prepare([_ct_case(tmp_path)], tmp_path / "store", size=16)
+    store = SliceStore(out)
+    (case,) = store.cases
+    assert case.slices == (5, 6, 7) and all(case.foreground)
+    reasons = {d["slice"]: d["reason"] for d in store.manifest["dropped"]}
+    assert set(reasons) == {0, 1, 2, 3, 4, 8, 9}
+    assert reasons[0].startswith("blank") and reasons[1].startswith("blank")
+    assert reasons[3] == "no label foreground; case only segments"
+    # CT is windowed with the paper's [-100, 200] HU: 40 HU -> 0.4667, 150 HU -> 0.8333
+    tile = store.image(case, 1)
+    assert tile.max() == pytest.approx(250 / 300, abs=2e-3)
+    assert np.any(np.isclose(tile, 140 / 300, atol=2e-3))
+
+
+def test_image_tasks_keep_unlabelled_slices_and_store_targets(tmp_path):
+    case = _ct_case(tmp_path, target=True, tasks=("segment", "denoise"))
+    store = SliceStore(prepare([case], tmp_path / "store", size=16))
+    (stored,) = store.cases
+    assert stored.slices == tuple(range(2, 10))  # only the two blank slices go
+    assert stored.foreground == tuple(i in (5, 6, 7) for i in range(2, 10))
+    assert store.manifest["rows"]["targets"] == 8
+    # the clean target is 20 HU darker: its 130 HU core -> 230 / 300 vs 250 / 300 in the image
+    assert store.target(stored, 0).max() == pytest.approx(230 / 300, abs=2e-3)
+    assert store.image(stored, 0).max() == pytest.approx(250 / 300, abs=2e-3)
+
+
+def test_prepare_along_another_axis_honours_anisotropic_spacing(tmp_path):
+    store = SliceStore(prepare([_ct_case(tmp_path, tasks=("denoise",))], tmp_path / "store", size=16, axis=2))
+    (case,) = store.cases
+    assert store.axis == 2 and case.slices == tuple(range(4, 20))  # i < 4 and i >= 20 are all air
+    # an i-slice is (k, j) = 10 x 24 voxels of 3.0 x 0.7 mm: 30 mm by 16.8 mm -> 16 x 9 pixels
+    assert case.source["fit"]["content"] == [16, 9]
+
+
+def test_bad_labels_and_cancellation_leave_nothing_behind(tmp_path):
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ValueError, match="class ids"):
+        prepare([_ct_case(tmp_path / "bad", label_values=300)], tmp_path / "store")
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        prepare([_ct_case(tmp_path)], tmp_path / "store", cancel=token)
+    assert not (tmp_path / "store").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".store")]
+
+
+def test_existing_output_is_never_overwritten(tmp_path, phantom_root):
+    out = tmp_path / "store"
+    out.mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        main(["--data", str(phantom_root), "--out", str(out), "--quiet"])
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "other")])  # no data given
+
+
+def test_store_refuses_a_foreign_or_damaged_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json"):
+        SliceStore(tmp_path)
+    with StoreWriter(tmp_path / "s", 8, 0) as writer:
+        writer.add_case("a", "d", ("MR",), ("denoise",), np.zeros((1, 1, 8, 8)), (0,), (False,))
+    (tmp_path / "s" / "labels.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"labels\.npy"):
+        SliceStore(tmp_path / "s")
+    with pytest.raises(ValueError, match="images"):
+        StoreWriter(tmp_path / "t", 8, 0).add_case(
+            "a", "d", ("MR", "CT"), ("denoise",), np.zeros((1, 1, 8, 8)), (0,), (False,)
+        )
