@@ -60,8 +60,8 @@ def read_channels(path: str | Path) -> list[Volume]:
     return [Volume(channel, geometry) for channel in sitk.GetArrayFromImage(image)]
 
 
-def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], Geometry, str]:
-    """Shape (k, j, i), geometry and pixel type of a file, reading only its header when possible.
+def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
+    """Shape (k, j, i) and geometry of an image, reading only its header when possible.
 
     Lets dataset validation compare grids of large volumes without loading their voxels.
     """
@@ -70,7 +70,7 @@ def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], Geometry, str
         raise FileNotFoundError(f"image not found: {path}")
     if path.is_dir() or _is_dicom_file(path) or path.name.lower().endswith(_IMAGE_2D_SUFFIXES):
         volume = read_volume(path)
-        return volume.array.shape, volume.geometry, str(volume.array.dtype)
+        return volume.array.shape, volume.geometry
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -80,13 +80,8 @@ def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], Geometry, str
     size = tuple(reader.GetSize())
     if len(size) not in (2, 3):
         raise ValueError(f"{path}: expected a 2D or 3D image, got {len(size)}D of size {size}")
-    if reader.GetNumberOfComponents() != 1:  # colour: the pixel type read_volume gives differs
-        volume = read_volume(path)
-        return volume.array.shape, volume.geometry, str(volume.array.dtype)
     shape = (size[2] if len(size) == 3 else 1, size[1], size[0])
-    geometry = _geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
-    pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
-    return shape, geometry, pixel
+    return shape, _geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
 
 
 def write_volume(path: str | Path, volume: Volume, overwrite: bool = False) -> Path:

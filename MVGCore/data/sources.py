@@ -201,8 +201,8 @@ def load_manifest(path: str | Path) -> list[Case]:
             manifest = yaml.safe_load(text)
     except ValueError as error:  # yaml.YAMLError and JSONDecodeError are ValueErrors
         raise ValueError(f"cannot parse manifest {path}: {error}") from error
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("cases"), list):
-        raise ValueError(f"manifest {path}: expected a mapping with a 'cases' list")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("cases"), list) or not manifest["cases"]:
+        raise ValueError(f"manifest {path}: expected a mapping with a non-empty 'cases' list")
     dataset = str(manifest.get("name") or path.stem)
     cases = []
     for number, entry in enumerate(manifest["cases"]):
@@ -259,10 +259,10 @@ def validate_cases(cases: Iterable[Case], require_foreground: bool = True) -> li
                 f"({seen[key].images[0]} and {case.images[0]})"
             )
         seen[key] = case
-        shape, geometry, _ = read_geometry(case.images[0])
+        shape, geometry = read_geometry(case.images[0])
         for other in (*case.images[1:], case.target):
             if other is not None:
-                _check_same_grid(other, read_geometry(other)[:2], case.images[0], (shape, geometry))
+                _check_same_grid(other, read_geometry(other), case.images[0], (shape, geometry))
         if case.label is not None:
             label = read_volume(case.label)
             grid = (label.array.shape, label.geometry)

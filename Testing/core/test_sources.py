@@ -161,6 +161,9 @@ def test_manifest_json_errors_name_the_case(tmp_path):
     manifest.write_text(json.dumps({"cases": [{"image": "x.nrrd", "modality": "CT", "task": "segment"}]}))
     with pytest.raises(ValueError, match="needs a label"):
         load_manifest(manifest)
+    manifest.write_text(json.dumps({"name": "empty", "cases": []}))
+    with pytest.raises(ValueError, match=r"m\.json: expected a mapping with a non-empty 'cases'"):
+        load_manifest(manifest)
     manifest.write_text("{not json")
     with pytest.raises(ValueError, match=r"cannot parse manifest .*m\.json"):
         load_manifest(manifest)
