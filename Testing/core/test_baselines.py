@@ -50,6 +50,22 @@ def test_segment_along_another_axis_with_unindexed_prompt():
     assert dice_per_class(result, truth)[1] > 0.9
 
 
+def test_segment_with_a_prompt_of_another_size():
+    image, label = _moving_disc()
+    prompt = Prompt(image=image[2, 4:44, 2:46], target=label[2, 4:44, 2:46])  # e.g. from another scan
+    result = ClassicalBaseline().segment(image, [prompt])
+    assert result.shape == image.shape and dice_per_class(result, label)[1] > 0.85
+
+
+def test_failed_registration_warns_and_falls_back_to_the_centred_transform():
+    image, label = _moving_disc(slices=3)
+    image[0] = 5.0  # nothing to register against
+    prompt = Prompt.from_volume(image, 1, label[1])
+    with pytest.warns(UserWarning, match="registration onto slice 0 failed"):
+        result = ClassicalBaseline().segment(image, [prompt])
+    assert (result[0] == label[1]).all()  # same-size slices: the centred transform is the identity
+
+
 def test_segment_errors_name_the_problem():
     image, label = _moving_disc(slices=2)
     baseline = ClassicalBaseline()
