@@ -319,7 +319,7 @@ def _read_dataset_json(root: Path) -> dict:
 def _split_channels(image: Path, channels: int, split_dir: Path | None, dataset: str) -> tuple[Path, ...]:
     """Per-channel 3D files of a 4D MSD image, written once, so every Case channel is one file."""
     if split_dir is None:
-        from .open_samples import cache_dir
+        from .open_samples import cache_dir  # here, because open_samples imports this module
 
         split_dir = cache_dir() / "msd_channels" / dataset
     case_id = _strip_ending(image.name)
