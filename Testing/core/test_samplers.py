@@ -1,0 +1,247 @@
+"""In-context samplers: agreed sample format, each task's construction, weights, determinism, workers."""
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torch.utils.data import DataLoader
+
+from MVGCore.data.samplers import InContextDataset, SamplerConfig, collate
+from MVGCore.data.store import SliceStore, StoreWriter
+
+SIZE = 32
+NO_AUGMENT = {"crop_prob": 0.0, "hflip_prob": 0.0, "vflip_prob": 0.0, "jitter_prob": 0.0}
+ALL_TASKS = ("segment", "denoise", "inpaint", "synthesize")
+
+
+def _only(task: str, **extra) -> dict:
+    return {"tasks": {t: float(t == task) for t in ALL_TASKS}, **extra}
+
+
+def _blocks(rng: np.random.Generator, slices: int) -> np.ndarray:
+    """Label tiles of random rectangles of classes 1..3, foreground on every other slice."""
+    labels = np.zeros((slices, SIZE, SIZE), np.uint8)
+    for s in range(0, slices, 2):
+        for c in (1, 2, 3):
+            top, left = rng.integers(0, SIZE - 10, 2)
+            labels[s, top : top + 10, left : left + 10] = c
+    return labels
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> SliceStore:
+    """Datasets "A" (3 cases, 2 channels, labels; channel c of class k is 0.1 + 0.2 k + 0.05 c) and
+    "B" (1 case, 1 channel, a degraded image with a stored clean target)."""
+    rng = np.random.default_rng(0)
+    out = tmp_path_factory.mktemp("stores") / "store"
+    with StoreWriter(out, SIZE, 0) as writer:
+        for case in range(3):
+            labels = _blocks(rng, 6)
+            images = np.stack([0.1 + 0.2 * labels + 0.05 * c for c in range(2)], axis=1).astype(np.float32)
+            writer.add_case(
+                f"a{case}",
+                "A",
+                ("MR", "MR"),
+                ALL_TASKS,
+                images,
+                tuple(range(6)),
+                tuple(bool(x.any()) for x in labels),
+                label=labels,
+            )
+        clean = rng.uniform(0.2, 0.8, (4, SIZE, SIZE)).astype(np.float32)
+        degraded = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1)[:, None]
+        writer.add_case(
+            "b0", "B", ("CT",), ("denoise", "inpaint"), degraded, (0, 1, 2, 3), (False,) * 4, target=clean
+        )
+    return SliceStore(out)
+
+
+def _find(store: SliceStore, tile: np.ndarray, target: bool = False) -> set[tuple[str, int, int]]:
+    """(case id, position, channel) of every stored tile equal (to float16 precision) to ``tile``."""
+    found = set()
+    for case in store.cases:
+        for position in range(len(case.slices)):
+            if target:
+                if case.target_row is not None and np.allclose(store.target(case, position), tile, atol=1e-3):
+                    found.add((case.case_id, position, -1))
+                continue
+            for channel in range(case.channels):
+                if np.allclose(store.image(case, position, channel), tile, atol=1e-3):
+                    found.add((case.case_id, position, channel))
+    return found
+
+
+def test_every_task_yields_the_agreed_sample_format(store):
+    for task in ALL_TASKS:
+        sample = InContextDataset(store, _only(task), length=4, seed=1)[0]
+        assert sample["task"] == task and sample["dataset"] in ("A", "B")
+        for key in ("prompt_image", "query_image"):
+            assert sample[key].dtype == np.float32 and sample[key].shape == (SIZE, SIZE)
+            assert 0.0 <= sample[key].min() and sample[key].max() <= 1.0
+        expected = np.int64 if task == "segment" else np.float32
+        for key in ("prompt_target", "query_target"):
+            assert sample[key].dtype == expected and sample[key].shape == (SIZE, SIZE)
+        assert sample["hole"].dtype == bool and sample["hole"].shape == (SIZE, SIZE)
+        assert sample["hole"].any() == (task == "inpaint")
+
+
+def test_segmentation_pairs_two_foreground_slices_of_one_case(store):
+    dataset = InContextDataset(store, _only("segment", augment=NO_AUGMENT), length=30, seed=2)
+    for index in range(30):
+        sample = dataset[index]
+        (prompt,) = _find(store, sample["prompt_image"])
+        (query,) = _find(store, sample["query_image"])
+        assert prompt[0] == query[0] == sample["case_id"]
+        assert prompt[1] != query[1] and prompt[2] == query[2]  # other slice, same channel
+        case = next(c for c in store.cases if c.case_id == sample["case_id"])
+        np.testing.assert_array_equal(sample["query_target"], store.label(case, query[1]))
+        assert sample["prompt_target"].any() and sample["query_target"].any()
+
+
+def test_labels_follow_their_image_through_crops_and_flips(store):
+    augment = {"crop_scale": (0.3, 0.6), "hflip_prob": 0.5, "vflip_prob": 0.5, "jitter_prob": 0.0}
+    dataset = InContextDataset(store, _only("segment", augment=augment), length=20, seed=3)
+    checked = 0
+    for index in range(20):
+        sample = dataset[index]
+        for half in ("prompt", "query"):
+            image, label = sample[f"{half}_image"], sample[f"{half}_target"]
+            channel_offset = image.min() - 0.1  # background is 0.1 + 0.05 c
+            for k in np.unique(label):
+                # bilinear images blur across an edge by up to the zoom factor (< 2 here)
+                interior = ndimage.binary_erosion(label == k, iterations=2)
+                if interior.any():
+                    np.testing.assert_allclose(image[interior], 0.1 + 0.2 * k + channel_offset, atol=2e-3)
+                    checked += 1
+    assert checked > 40
+
+
+def test_cross_case_prompts_and_binary_targets(store):
+    config = _only("segment", cross_case_prob=1.0, binary_prob=1.0, augment=NO_AUGMENT)
+    dataset = InContextDataset(store, config, length=10, seed=4)
+    for index in range(10):
+        sample = dataset[index]
+        ((prompt_case, *_),) = _find(store, sample["prompt_image"])
+        assert prompt_case != sample["case_id"]
+        assert set(np.unique(sample["prompt_target"])) == {0, 1}
+        assert set(np.unique(sample["query_target"])) <= {0, 1}
+
+
+def test_denoising_degrades_a_clean_slice_with_one_noise_model_for_both_halves(store):
+    config = _only("denoise", datasets={"B": 0.0}, augment=NO_AUGMENT)
+    dataset = InContextDataset(store, config, length=10, seed=5)
+    for index in range(10):
+        sample = dataset[index]
+        assert _find(store, sample["query_target"]) and _find(store, sample["prompt_target"])
+        residuals = [sample[f"{h}_image"] - sample[f"{h}_target"] for h in ("prompt", "query")]
+        assert all(r.std() > 0.005 for r in residuals)
+        assert not np.allclose(*residuals)  # independent noise draws
+
+
+def test_denoising_uses_stored_real_pairs(store):
+    config = _only("denoise", datasets={"A": 0.0}, real_pair_prob=1.0, augment=NO_AUGMENT)
+    sample = InContextDataset(store, config, length=1, seed=6)[0]
+    ((case, position, channel),) = _find(store, sample["query_image"])
+    assert (case, channel) == ("b0", 0)
+    assert _find(store, sample["query_target"], target=True) == {("b0", position, -1)}
+
+
+def test_inpainting_zeroes_the_hole_and_keeps_the_rest(store):
+    dataset = InContextDataset(store, _only("inpaint", holes={"box": 1.0, "brush": 1.0}), length=10, seed=7)
+    for index in range(10):
+        sample = dataset[index]
+        for half, hole_key in (("query", "hole"), ("prompt", "prompt_hole")):
+            hole = sample[hole_key]
+            assert hole.any() and not hole.all()
+            assert np.all(sample[f"{half}_image"][hole] == 0)
+            np.testing.assert_array_equal(sample[f"{half}_image"][~hole], sample[f"{half}_target"][~hole])
+
+
+def test_synthesis_maps_one_channel_to_the_other_of_the_same_slice(store):
+    dataset = InContextDataset(store, _only("synthesize", augment=NO_AUGMENT), length=10, seed=8)
+    for index in range(10):
+        sample = dataset[index]
+        for half in ("prompt", "query"):
+            sources = _find(store, sample[f"{half}_image"])  # unlabelled slices look alike
+            targets = _find(store, sample[f"{half}_target"])
+            assert sources and any((case, position, 1 - c) in targets for case, position, c in sources)
+
+
+def test_task_and_dataset_weights_set_the_mix(store):
+    weights = {"tasks": {"segment": 3.0, "denoise": 1.0, "inpaint": 0.0, "synthesize": 0.0}}
+    counts = Counter(s["task"] for s in InContextDataset(store, weights, length=400, seed=9))
+    assert set(counts) == {"segment", "denoise"}
+    assert 0.68 < counts["segment"] / 400 < 0.82
+    # denoise: dataset A (3 cases) and B (1 case) are balanced by dataset, not by case count
+    counts = Counter(s["dataset"] for s in InContextDataset(store, _only("denoise"), length=300, seed=10))
+    assert 0.4 < counts["B"] / 300 < 0.6
+    counts = Counter(
+        s["dataset"] for s in InContextDataset(store, {"datasets": {"A": 0}}, length=50, seed=11)
+    )
+    assert counts == {"B": 50}
+
+
+def test_samples_are_a_pure_function_of_seed_epoch_and_index(store):
+    first, again = InContextDataset(store, length=8, seed=12), InContextDataset(store, length=8, seed=12)
+    for index in range(8):
+        a, b = first[index], again[index]
+        assert a["task"] == b["task"]
+        for key in ("prompt_image", "query_image", "prompt_target", "query_target", "hole"):
+            np.testing.assert_array_equal(a[key], b[key])
+    again.set_epoch(1)
+    assert any(not np.array_equal(first[i]["query_image"], again[i]["query_image"]) for i in range(8))
+    with pytest.raises(IndexError):
+        first[8]
+
+
+def test_dataloader_workers_reproduce_the_sequential_stream(store):
+    dataset = InContextDataset(store, length=12, seed=13)
+    sequential = collate([dataset[i] for i in range(12)])
+    loader = DataLoader(dataset, batch_size=12, num_workers=2, collate_fn=collate)
+    (batch,) = list(loader)
+    assert batch["task"] == sequential["task"]
+    for key in ("prompt_image", "query_image", "prompt_target", "query_target", "hole"):
+        torch.testing.assert_close(batch[key], sequential[key])
+    labels = batch["query_target"][batch["is_label"]]
+    assert torch.equal(labels, labels.round()) and batch["query_target"].dtype == torch.float32
+
+
+def test_bad_configs_are_named(store):
+    with pytest.raises(ValueError, match="unknown name 'segmentation'"):
+        InContextDataset(store, {"tasks": {"segmentation": 1.0}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        InContextDataset(store, {"task": {}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        InContextDataset(store, {"augment": {"rotate": 10}})
+    with pytest.raises(ValueError, match="weight >= 0"):
+        InContextDataset(store, {"holes": {"box": -1.0}})
+    with pytest.raises(ValueError, match="probability"):
+        InContextDataset(store, {"binary_prob": 2.0})
+    with pytest.raises(ValueError, match="not in store"):
+        InContextDataset(store, {"datasets": {"C": 1.0}})
+    with pytest.raises(ValueError, match="no task can be sampled"):
+        InContextDataset(store, {"tasks": {"synthesize": 1.0, "segment": 0.0}, "datasets": {"A": 0.0}})
+    with pytest.raises(ValueError, match="noise"):
+        InContextDataset(store, {"noise": {"CT": {"gaussian": 0.0}}})
+    assert SamplerConfig.from_dict({"augment": {"crop_scale": [0.5, 1.0]}}).augment.crop_scale == (0.5, 1.0)
+
+
+def test_store_and_samplers_work_without_simpleitk(store):
+    code = (
+        "import sys; sys.modules['SimpleITK'] = None\n"
+        "from MVGCore.data.samplers import InContextDataset\n"
+        f"sample = InContextDataset({str(store.path)!r}, length=2)[1]\n"
+        "assert 'SimpleITK' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print(sample['task'])\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ALL_TASKS
