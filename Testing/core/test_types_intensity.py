@@ -62,3 +62,19 @@ def test_cancel_token_is_seen_across_threads():
     with pytest.raises(Cancelled):
         for _ in range(10_000_000):
             token.raise_if_cancelled()
+
+
+def test_crop_keeps_every_voxel_at_its_physical_position():
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # rotated in-plane
+    g = Geometry(spacing=(0.5, 2.0, 3.0), origin=(10.0, 20.0, 30.0), direction=direction)
+    volume = Volume(np.arange(4 * 5 * 6).reshape(4, 5, 6), g)
+    cropped = volume.crop((1, 2, 3), (3, 5, 6))
+    assert cropped.array[0, 0, 0] == volume.array[1, 2, 3]
+
+    def position(geometry, kji):
+        ijk = np.array(kji[::-1], dtype=float) * np.array(geometry.spacing)
+        return np.array(geometry.origin) + np.array(geometry.direction).reshape(3, 3) @ ijk
+
+    np.testing.assert_allclose(position(cropped.geometry, (0, 0, 0)), position(g, (1, 2, 3)))
+    with pytest.raises(ValueError, match="does not fit"):
+        volume.crop((0, 0, 0), (5, 5, 6))
