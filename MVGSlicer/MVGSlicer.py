@@ -1,0 +1,561 @@
+"""MVGSlicer: in-context segmentation, denoising, inpainting and synthesis with the Medical Vision Generalist.
+
+This file is the Slicer shell only (module, parameter node, widget, logic facade, self-test); all
+computation lives in MVGSlicerLib, which never imports qt/ctk and is tested against a real MRML
+scene outside Slicer.
+"""
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_SOURCE_ROOT, "MVGCore")) and _SOURCE_ROOT not in sys.path:
+    sys.path.append(_SOURCE_ROOT)  # running from a source checkout: MVGCore sits next to the module folder
+
+from MVGSlicerLib import batch, install, models, mrml_io, pipeline  # noqa: E402
+from MVGSlicerLib.engine import DEVICES, EngineCache, is_out_of_memory  # noqa: E402
+from MVGSlicerLib.simple_engine import SimpleEngine  # noqa: E402
+from MVGSlicerLib.worker import Worker  # noqa: E402
+
+from MVGCore.types import Cancelled  # noqa: E402
+
+VIEW_NAMES = ("Red", "Green", "Yellow")
+POLL_INTERVAL_MS = 100
+
+
+class MVGSlicer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MVG Slicer")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations", "SegmentEditor"]
+        self.parent.contributors = ["MVGSlicer contributors"]
+        self.parent.helpText = _(
+            "Label a few slices, and the Medical Vision Generalist (MVG) does the rest: segmentation, "
+            "denoising, inpainting and cross-modal synthesis for CT, MRI, X-ray and ultrasound, learned "
+            "in context from the example slices you give. Results always go into NEW nodes; your own "
+            "segments are never changed. See the clinician guide in the extension's documentation."
+        )
+        self.parent.acknowledgementText = _(
+            "MVG is described in: Ren S., Huang X., Li X., Xiao J., Mei J., Wang Z., Yuille A., Zhou Y., "
+            "Xie C. 'Medical Vision Generalist: Unifying Medical Imaging Tasks in Context', "
+            "arXiv:2406.05565 (2024). This module is an independent implementation."
+        )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Volumes to try the workflow on, from Slicer's public testing data (checked by SHA-256)."""
+    import SampleData
+
+    icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MVGSlicer.png")
+    SampleData.SampleDataLogic.registerCustomSampleDataCategory("MVGSlicer", title=_("MVG Slicer"))
+    for name, sha256, fileName in (
+        ("MVGChestCT", "4507b664690840abb6cb9af2d919377ffc4ef75b167cb6fd0f747befdb12e38e", "CT-chest.nrrd"),
+        (
+            "MVGBrainTumorMR",
+            "998cb522173839c78657f4bc0ea907cea09fd04e44601f17c82ea27927937b95",
+            "RegLib_C01_1.nrrd",
+        ),
+    ):
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="MVGSlicer",
+            sampleName=name,
+            thumbnailFileName=icon,
+            uris=slicer.util.TESTING_DATA_URL + "SHA256/" + sha256,
+            fileNames=fileName,
+            checksums="SHA256:" + sha256,
+            nodeNames=name,
+        )
+
+
+@parameterNodeWrapper
+class MVGSlicerParameterNode:
+    """Module state saved with the scene.
+
+    promptAxis/promptIndices - the prompt slices: array axis (0=k, 1=j, 2=i) and slice indices.
+    holeSegmentID - the segment of promptSegmentation that marks the region to inpaint.
+    modelPath - a registry model name or a .safetensors file; empty means the bundled default.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    task: Annotated[str, Choice(list(pipeline.TASKS))] = "Segment"
+    promptSegmentation: vtkMRMLSegmentationNode
+    targetVolume: vtkMRMLScalarVolumeNode
+    holeSegmentID: str = ""
+    promptAxis: int = 0
+    promptIndices: list[int]
+    modelPath: str = ""
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+
+
+class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = None  # (RunHandle, Job) while the worker computes
+        self._updatingGUI = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MVGSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MVGSlicerLogic()
+        self.worker = Worker()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.onPoll)
+
+        editor = self.ui.segmentEditorWidget
+        editor.setMRMLScene(slicer.mrmlScene)
+        editor.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
+        editor.setSegmentationNodeSelectorVisible(False)  # the prompt segmentation selector above drives it
+        editor.setSourceVolumeNodeSelectorVisible(False)
+        self.ui.holeSegmentSelector.setMRMLScene(slicer.mrmlScene)
+        self.ui.holeSegmentSelector.segmentationNodeSelectorVisible = False
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        for view in VIEW_NAMES:
+            getattr(self.ui, f"add{view}Button").connect("clicked()", lambda view=view: self.onAddSlice(view))
+        self.ui.removePromptButton.connect("clicked()", self.onRemovePrompt)
+        self.ui.clearPromptsButton.connect("clicked()", self.onClearPrompts)
+        self.ui.holeSegmentSelector.connect("currentSegmentChanged(QString)", self.onHoleSegmentChanged)
+        self.ui.browseModelButton.connect("clicked()", self.onBrowseModel)
+        self.ui.importWeightsButton.connect("clicked()", self.onImportWeights)
+        self.ui.runButton.connect("clicked()", self.onRunButton)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.timer.stop()
+        self.worker.shutdown()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+            self.updateGUI()
+
+    def updateGUI(self, caller=None, event=None) -> None:
+        """Show what the chosen task needs; keep the embedded editor on the prompt segmentation."""
+        p = self._parameterNode
+        if p is None or self._updatingGUI:
+            return
+        self._updatingGUI = True  # widget signals fired below must not write back into the parameter node
+        try:
+            self._showParameters(p)
+        finally:
+            self._updatingGUI = False
+
+    def _showParameters(self, p) -> None:
+        self.ui.segmentEditorWidget.setSegmentationNode(p.promptSegmentation)
+        self.ui.segmentEditorWidget.setSourceVolumeNode(p.inputVolume)
+        self.ui.holeSegmentSelector.setCurrentNode(p.promptSegmentation)
+        self.ui.holeSegmentSelector.setCurrentSegmentID(p.holeSegmentID)
+        self.ui.segmentationWidget.visible = p.task in ("Segment", "Inpaint")
+        self.ui.promptSlicesWidget.visible = p.task in ("Segment", "Synthesize")
+        self.ui.targetVolumeWidget.visible = p.task == "Synthesize"
+        self.ui.holeSegmentWidget.visible = p.task == "Inpaint"
+        self.ui.promptListWidget.clear()
+        for index in p.promptIndices:
+            self.ui.promptListWidget.addItem(f"{'kji'[p.promptAxis]} = {index}")
+        if self._running is None:
+            self.ui.runButton.enabled = p.inputVolume is not None
+            self.ui.runButton.text = _("Run")
+
+    def onAddSlice(self, viewName: str) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Cannot add this slice as a prompt."), waitCursor=False):
+            p = self._parameterNode
+            sliceNode = slicer.app.layoutManager().sliceWidget(viewName).mrmlSliceNode()
+            axis, index = self.logic.promptSliceFromView(p.inputVolume, sliceNode, viewName)
+            if p.promptIndices and axis != p.promptAxis:
+                raise ValueError(
+                    _(
+                        "All prompt slices must cut the volume along the same axis; the {view} view cuts a "
+                        "different one. Remove the other prompts first."
+                    ).format(view=viewName)
+                )
+            p.promptAxis = axis
+            p.promptIndices = sorted({*p.promptIndices, index})
+
+    def onRemovePrompt(self) -> None:
+        row = self.ui.promptListWidget.currentRow
+        if row >= 0:
+            indices = list(self._parameterNode.promptIndices)
+            del indices[row]
+            self._parameterNode.promptIndices = indices
+
+    def onClearPrompts(self) -> None:
+        self._parameterNode.promptIndices = []
+
+    def onHoleSegmentChanged(self, segmentID: str) -> None:
+        if self._parameterNode and not self._updatingGUI:
+            self._parameterNode.holeSegmentID = segmentID or ""
+
+    def onBrowseModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("MVG model"), "", "Safetensors (*.safetensors)")
+        if path:
+            self._parameterNode.modelPath = path
+
+    def onImportWeights(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            self.parent, _("Import MVG weights"), "", "Safetensors (*.safetensors)"
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the weights."), waitCursor=True):
+            stored = self.logic.importWeights(path)
+            self._parameterNode.modelPath = str(stored)
+            slicer.util.infoDisplay(
+                _("Weights stored in {path}. They work offline from now on.").format(path=stored)
+            )
+
+    def onRunButton(self) -> None:
+        if self._running is not None:
+            self._running[0].cancel()
+            self.ui.runButton.enabled = False
+            self.ui.statusLabel.text = _("Cancelling after the current slices...")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not start the run."), waitCursor=True):
+            if not self.ensureDependencies():
+                return
+            p = self._parameterNode
+            job = self.logic.createJob(p)  # reads the scene here, on the main thread
+            model, device, logic = p.modelPath, p.device, self.logic
+
+            def work(progress, cancel):
+                runner = logic.engine(model, device)  # loads torch and weights on the worker thread
+                return runner.device, job.compute(runner, progress, cancel)
+
+            self._running = (self.worker.submit(work), job)
+            self.ui.progressBar.maximum = job.total_slices
+            self.ui.progressBar.value = 0
+            self.ui.runButton.text = _("Cancel")
+            self.ui.statusLabel.text = _("Loading the model...")
+            self.timer.start()
+
+    def ensureDependencies(self) -> bool:
+        """Ask before installing anything; pip runs here, on the main thread, logging to the console."""
+        missing = self.logic.missingDependencies()
+        if not missing:
+            return True
+        viaPyTorchUtils = hasattr(slicer.modules, "pytorchutils")
+        if not slicer.util.confirmOkCancelDisplay(install.consent_message(missing, viaPyTorchUtils)):
+            return False
+        slicer.util.displayPythonShell()
+        with slicer.util.WaitCursor():
+            self.logic.installDependencies(missing)
+        return True
+
+    def onPoll(self) -> None:
+        handle, job = self._running
+        done, total = handle.progress
+        if total:
+            self.ui.progressBar.value = done
+            self.ui.statusLabel.text = _("{done} of {total} slices").format(done=done, total=total)
+        if not handle.done():
+            return
+        self.timer.stop()
+        self._running = None
+        self.updateGUI()
+        try:
+            device, result = handle.result()
+        except Cancelled:
+            self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
+            return
+        except Exception as error:  # shown to the user; the scene is untouched
+            self.onRunFailed(error)
+            return
+        node = self.logic.writeResult(job, result)
+        self.showDevice(device)
+        self.ui.statusLabel.text = _("Done: created '{name}'.").format(name=node.GetName())
+        if job.task != "Segment":
+            slicer.util.setSliceViewerLayers(background=node, fit=False)
+
+    def onRunFailed(self, error: Exception) -> None:
+        self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
+        if is_out_of_memory(error) and self._parameterNode.device != "cpu":
+            self.logic.releaseGpuMemory()
+            if slicer.util.confirmYesNoDisplay(
+                _(
+                    "The GPU ran out of memory. Close other programs using the GPU, or run on the CPU "
+                    "(slower). Run again on the CPU now?"
+                )
+            ):
+                self._parameterNode.device = "cpu"
+                self.onRunButton()
+            return
+        logging.exception("MVGSlicer run failed", exc_info=error)
+        slicer.util.errorDisplay(_("The run failed: {error}").format(error=error))
+
+    def showDevice(self, device: str) -> None:
+        if device.startswith("cuda"):
+            self.ui.deviceInUseLabel.text = _("Device in use: {device} (GPU)").format(device=device)
+        else:
+            self.ui.deviceInUseLabel.text = _(
+                "Device in use: {device}. No usable GPU: runs are much slower. If this computer has an "
+                "NVIDIA GPU, reinstall PyTorch with CUDA through the PyTorch Utils module."
+            ).format(device=device)
+
+
+class MVGSlicerLogic(ScriptedLoadableModuleLogic):
+    """Everything the module does, callable from the Python console; results are always new nodes.
+
+    Console example::
+
+        logic = slicer.util.getModuleLogic("MVGSlicer")
+        seg = logic.segment(getNode("CT"), getNode("Prompts"), promptIndices=[40, 80], axis=0)
+        den = logic.denoise(getNode("CT"))
+        logic.processFile("Segment", "ct.nrrd", "ct_mvg.seg.nrrd", promptsPath="prompts.seg.nrrd")
+
+    ``engine`` replaces the MVG model (e.g. ``SimpleEngine()`` for tests); by default the model is
+    resolved from ``model`` (registry name or .safetensors path, empty = bundled) and cached.
+    """
+
+    def __init__(self, engine=None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.engineOverride = engine
+        self.engines = EngineCache()
+        self.registry = models.load_registry()
+
+    def getParameterNode(self):
+        return MVGSlicerParameterNode(super().getParameterNode())
+
+    def segmentEditorNode(self):
+        node = slicer.mrmlScene.GetSingletonNode("MVGSlicer", "vtkMRMLSegmentEditorNode")
+        if node is None:
+            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
+            node.UnRegister(None)
+            node.SetSingletonTag("MVGSlicer")
+            node = slicer.mrmlScene.AddNode(node)
+        return node
+
+    def missingDependencies(self) -> list:
+        return [] if self.engineOverride is not None else install.missing_requirements()
+
+    def installDependencies(self, missing) -> None:
+        installTorch = _installTorchWithPyTorchUtils if hasattr(slicer.modules, "pytorchutils") else None
+        install.install_missing(missing, slicer.util.pip_install, installTorch, log=logging.info)
+
+    def engine(self, model: str = "", device: str = "auto"):
+        """The engine to run with; loading can take a while and is done once per model and device."""
+        if self.engineOverride is not None:
+            return self.engineOverride
+        missing = install.missing_requirements()
+        if missing:
+            raise RuntimeError(
+                "missing Python packages: "
+                + ", ".join(r.spec for r in missing)
+                + ". Open the MVG Slicer module and press Run once to install them."
+            )
+        return self.engines.get(models.resolve_model(model, self.registry), device)
+
+    def releaseGpuMemory(self) -> None:
+        if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+            sys.modules["torch"].cuda.empty_cache()
+
+    def importWeights(self, path: str):
+        return models.import_weights(path, self.registry)
+
+    def promptSliceFromView(self, volumeNode, sliceNode, viewName: str) -> tuple:
+        if volumeNode is None:
+            raise ValueError(_("Select an input volume first."))
+        sliceToRAS = slicer.util.arrayFromVTKMatrix(sliceNode.GetSliceToRAS())
+        return mrml_io.view_axis_and_index(volumeNode, sliceToRAS, f"{viewName} view")
+
+    def createJob(self, p: MVGSlicerParameterNode) -> pipeline.Job:
+        """Read what the run needs from the scene (main thread)."""
+        if p.inputVolume is None:
+            raise ValueError(_("Select an input volume."))
+        if p.task == "Segment":
+            return pipeline.segment_job(p.inputVolume, p.promptSegmentation, p.promptIndices, p.promptAxis)
+        if p.task == "Denoise":
+            return pipeline.denoise_job(p.inputVolume)
+        if p.task == "Inpaint":
+            return pipeline.inpaint_job(p.inputVolume, p.promptSegmentation, p.holeSegmentID)
+        return pipeline.synthesize_job(p.inputVolume, p.targetVolume, p.promptIndices, p.promptAxis)
+
+    def writeResult(self, job: pipeline.Job, result: np.ndarray):
+        return pipeline.write_result(slicer.mrmlScene, job, result)
+
+    def processor(self, model: str = "", device: str = "auto") -> batch.SceneProcessor:
+        return batch.SceneProcessor(slicer.mrmlScene, self.engine(model, device))
+
+    def segment(
+        self,
+        volumeNode,
+        segmentationNode,
+        promptIndices=None,
+        axis=0,
+        segmentIDs=None,
+        model="",
+        device="auto",
+    ):
+        """New segmentation from labels painted on prompt slices (default: every painted slice)."""
+        return self.processor(model, device).segment(
+            volumeNode, segmentationNode, promptIndices, axis, segmentIDs
+        )
+
+    def denoise(self, volumeNode, axis=0, model="", device="auto"):
+        return self.processor(model, device).denoise(volumeNode, axis)
+
+    def inpaint(self, volumeNode, segmentationNode, holeSegmentID, axis=0, model="", device="auto"):
+        return self.processor(model, device).inpaint(volumeNode, segmentationNode, holeSegmentID, axis)
+
+    def synthesize(self, sourceNode, targetNode, promptIndices, axis=0, model="", device="auto"):
+        return self.processor(model, device).synthesize(sourceNode, targetNode, promptIndices, axis)
+
+    def processFile(
+        self,
+        task,
+        inputPath,
+        outputPath,
+        promptsPath=None,
+        targetPath=None,
+        promptIndices=None,
+        axis=0,
+        holeSegmentID=None,
+        model="",
+        device="auto",
+    ):
+        """Run ``task`` on a file and write a new output file; see MVGSlicerLib.batch.process_file."""
+        return batch.process_file(
+            slicer.mrmlScene,
+            slicer.modules.volumes.logic(),
+            slicer.modules.segmentations.logic(),
+            self.engine(model, device),
+            task,
+            inputPath,
+            outputPath,
+            promptsPath,
+            targetPath,
+            promptIndices,
+            axis,
+            holeSegmentID,
+        )
+
+
+def _installTorchWithPyTorchUtils(spec: str) -> None:
+    import PyTorchUtils
+
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+        askConfirmation=False, torchVersionRequirement=spec[len("torch") :]
+    )
+    if torch is None:
+        raise RuntimeError(_("PyTorch was not installed; see the Python console for the PyTorch Utils log."))
+
+
+class MVGSlicerTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer with the numpy SimpleEngine: needs no torch and no weights."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentFromPromptSlices()
+        self.setUp()
+        self.test_WorkerRunAndCancel()
+
+    def _volume(self):
+        array = np.random.default_rng(0).normal(size=(6, 10, 12)).astype(np.float32)
+        ijkToRAS = np.array([[-0.8, 0, 0, 10.0], [0, -1.2, 0, 5.0], [0, 0, 2.5, -3.0], [0, 0, 0, 1]])
+        return mrml_io.add_volume_from_array(slicer.mrmlScene, array, ijkToRAS, "MVGTestVolume")
+
+    def test_SegmentFromPromptSlices(self):
+        self.delayDisplay("Segment from one painted slice")
+        volume = self._volume()
+        prompts = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "MVGTestPrompts")
+        prompts.CreateDefaultDisplayNodes()
+        prompts.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        lesion = prompts.GetSegmentation().AddEmptySegment("lesion", "lesion", [0.9, 0.2, 0.1])
+        painted = np.zeros((6, 10, 12), np.uint8)
+        painted[2, 3:6, 4:9] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(painted, prompts, lesion, volume)
+        before = slicer.mrmlScene.GetNumberOfNodes()
+
+        result = MVGSlicerLogic(engine=SimpleEngine()).segment(volume, prompts, promptIndices=[2], axis=0)
+
+        self.assertNotEqual(result.GetID(), prompts.GetID())
+        self.assertGreater(slicer.mrmlScene.GetNumberOfNodes(), before)
+        segment = result.GetSegmentation().GetSegment(lesion)
+        self.assertEqual(segment.GetName(), "lesion")
+        np.testing.assert_allclose(segment.GetColor(), (0.9, 0.2, 0.1), atol=1e-6)
+        expected = np.repeat(painted[2:3].astype(bool), 6, axis=0)  # SimpleEngine copies the nearest prompt
+        np.testing.assert_array_equal(mrml_io.segment_mask(result, lesion, volume), expected)
+        np.testing.assert_array_equal(mrml_io.segment_mask(prompts, lesion, volume), painted.astype(bool))
+        self.delayDisplay("Segment test passed")
+
+    def test_WorkerRunAndCancel(self):
+        self.delayDisplay("Denoise on the worker thread, then a cancelled run")
+        volume = self._volume()
+        job = pipeline.denoise_job(volume)
+        worker = Worker()
+        try:
+            handle = worker.submit(lambda progress, cancel: job.compute(SimpleEngine(), progress, cancel))
+            while not handle.done():
+                slicer.app.processEvents()
+            self.assertEqual(handle.progress, (6, 6))
+            node = pipeline.write_result(slicer.mrmlScene, job, handle.result())
+            np.testing.assert_allclose(mrml_io.ijk_to_ras(node), mrml_io.ijk_to_ras(volume))
+
+            nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+
+            def cancelledAtOnce(progress, cancel):
+                cancel.cancel()  # as if the user pressed Cancel before the first slice
+                return job.compute(SimpleEngine(), progress, cancel)
+
+            cancelled = worker.submit(cancelledAtOnce)
+            with self.assertRaises(Cancelled):
+                cancelled.result()
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        finally:
+            worker.shutdown()
+        self.delayDisplay("Worker test passed")

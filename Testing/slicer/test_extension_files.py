@@ -1,0 +1,117 @@
+"""The extension's packaging files and the .ui agree with the code (checked without the Slicer app)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "MVGSlicer"
+UI = MODULE / "Resources" / "UI" / "MVGSlicer.ui"
+
+
+def _parameter_fields() -> dict[str, str]:
+    """Field name -> annotation source of the @parameterNodeWrapper class in MVGSlicer.py."""
+    tree = ast.parse((MODULE / "MVGSlicer.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+            isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in node.decorator_list
+        ):
+            return {
+                item.target.id: ast.unparse(item.annotation)
+                for item in node.body
+                if isinstance(item, ast.AnnAssign)
+            }
+    raise AssertionError("no @parameterNodeWrapper class in MVGSlicer.py")
+
+
+def _ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI).getroot().iter("widget")}
+
+
+def _property(widget: ET.Element, name: str) -> ET.Element | None:
+    return next((p for p in widget.findall("property") if p.get("name") == name), None)
+
+
+def test_every_slicer_parameter_name_matches_a_field_of_a_compatible_type():
+    fields = _parameter_fields()
+    bound = {}
+    for name, widget in _ui_widgets().items():
+        prop = _property(widget, "SlicerParameterName")
+        if prop is not None:
+            bound[name] = (prop.findtext("string"), widget)
+    assert len(bound) >= 6
+    for widget_name, (field, widget) in bound.items():
+        assert field in fields, f"{widget_name} binds unknown parameter {field!r}"
+        annotation, widget_class = fields[field], widget.get("class")
+        if annotation.startswith("vtkMRML"):
+            node_types = [s.text for s in _property(widget, "nodeTypes").iter("string")]
+            assert widget_class == "qMRMLNodeComboBox" and node_types == [annotation], widget_name
+        elif "Choice(" in annotation:
+            assert widget_class == "QComboBox", widget_name  # the parameter wrapper fills the items
+        else:
+            assert (annotation, widget_class) == ("str", "QLineEdit"), widget_name
+
+
+def test_every_widget_the_code_uses_exists_in_the_ui():
+    source = (MODULE / "MVGSlicer.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    used |= {f"add{view}Button" for view in ("Red", "Green", "Yellow")}  # reached through getattr
+    missing = used - set(_ui_widgets())
+    assert not missing, f"widgets used in MVGSlicer.py but absent from the .ui: {sorted(missing)}"
+
+
+def _cmake_listed(cmake: str) -> set[str]:
+    return {
+        token.replace("${MODULE_NAME}", "MVGSlicer")
+        for token in re.findall(r"[\w${}/.]+\.(?:py|png|ui)\b", cmake)
+    }
+
+
+def test_module_cmake_lists_every_script_and_resource():
+    listed = _cmake_listed((MODULE / "CMakeLists.txt").read_text())
+    scripts = {"MVGSlicer.py", *(f"MVGSlicerLib/{p.name}" for p in (MODULE / "MVGSlicerLib").glob("*.py"))}
+    resources = {
+        str(p.relative_to(MODULE))
+        for folder in ("Icons", "UI")
+        for p in (MODULE / "Resources" / folder).iterdir()
+    }
+    assert scripts | resources == listed
+    assert all((MODULE / path).is_file() for path in listed)
+    assert "WITH_GENERIC_TESTS" in (MODULE / "CMakeLists.txt").read_text()
+    testing = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    assert all(p.name in testing for p in (MODULE / "Testing" / "Python").glob("*.py"))
+
+
+def test_extension_metadata_is_consistent():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(MVGSlicer\)", top, re.M)
+    assert re.search(r'set\(EXTENSION_DEPENDS "PyTorch"\)', top)
+    assert "add_subdirectory(MVGSlicer)" in top
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', top), key
+    catalog = json.loads((ROOT / "MVGSlicer.json").read_text())  # file name == project name
+    assert {"$schema", "category", "scm_url", "scm_revision", "build_dependencies", "tier"} <= set(catalog)
+    assert catalog["build_dependencies"] == ["PyTorch"]
+    s4ext = dict(
+        line.split(" ", 1) if " " in line else (line, "")
+        for line in (ROOT / "MVGSlicer.s4ext").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert s4ext["depends"] == "PyTorch" and s4ext["category"] == catalog["category"]
+    assert s4ext["scmurl"] == catalog["scm_url"]
+    assert re.search(r'EXTENSION_CATEGORY "([^"]+)"', top).group(1) == catalog["category"]
+    assert (ROOT / "LICENSE").is_file()
+
+
+@pytest.mark.parametrize("icon", ["MVGSlicer/Resources/Icons/MVGSlicer.png", "Resources/Icons/MVGSlicer.png"])
+def test_icons_are_128_pixel_pngs(icon):
+    data = (ROOT / icon).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (128, 128)

@@ -1,0 +1,176 @@
+"""Worker thread, engine cache, model registry / offline import and the consented installer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+import numpy as np
+import pytest
+from MVGSlicerLib import engine, install, models
+from MVGSlicerLib.simple_engine import SimpleEngine
+from MVGSlicerLib.worker import Worker
+
+from MVGCore.types import Cancelled
+
+
+def test_worker_runs_on_one_persistent_thread_and_reports_progress():
+    worker = Worker()
+    threads = []
+
+    def work(progress, cancel):
+        threads.append(threading.get_ident())
+        return SimpleEngine().denoise(np.ones((4, 3, 3), np.float32), progress=progress, cancel=cancel)
+
+    try:
+        first = worker.submit(work)
+        assert np.allclose(first.result(), 1.0) and first.progress == (4, 4) and not worker.busy
+        worker.submit(work).result()
+        assert len(threads) == 2 and threads[0] == threads[1] != threading.get_ident()
+    finally:
+        worker.shutdown()
+
+
+def test_worker_cancel_raises_and_refuses_a_second_run():
+    worker = Worker()
+    started, release = threading.Event(), threading.Event()
+
+    def slow(progress, cancel):
+        started.set()
+        release.wait(5)
+        return SimpleEngine().denoise(np.ones((4, 3, 3), np.float32), progress=progress, cancel=cancel)
+
+    try:
+        handle = worker.submit(slow)
+        started.wait(5)
+        with pytest.raises(RuntimeError, match="already in progress"):
+            worker.submit(slow)
+        handle.cancel()
+        release.set()
+        with pytest.raises(Cancelled):
+            handle.result()
+        assert handle.progress == (0, 0)
+    finally:
+        worker.shutdown()
+
+
+def test_engine_cache_loads_once_per_model_and_device(tmp_path):
+    loads = []
+
+    def loader(path, device):
+        loads.append((path, device))
+        return SimpleEngine()
+
+    cache = engine.EngineCache(loader)
+    first = cache.get(tmp_path / "a.safetensors", "cpu")
+    assert cache.get(tmp_path / "a.safetensors", "cpu") is first
+    cache.get(tmp_path / "a.safetensors", "cuda")
+    assert len(loads) == 2
+    with pytest.raises(ValueError, match="device must be one of"):
+        cache.get(tmp_path / "a.safetensors", "tpu")
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        engine.load_engine(tmp_path / "missing.safetensors")
+    assert engine.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert not engine.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def _registry(tmp_path, content: bytes) -> tuple:
+    sha = hashlib.sha256(content).hexdigest()
+    entry = {
+        "name": "MVG small",
+        "file": "mvg_small.safetensors",
+        "sha256": sha,
+        "preset": "small",
+        "description": "test",
+        "tasks": ["Segment", "Denoise"],
+    }
+    path = tmp_path / "Models.json"
+    path.write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+    return models.load_registry(path), sha
+
+
+def test_shipped_registry_is_valid_and_says_no_bundled_model_yet(tmp_path):
+    registry = models.load_registry()  # the repository's Resources/Models/Models.json
+    assert all(isinstance(e, models.ModelEntry) for e in registry)
+    if not registry:
+        with pytest.raises(FileNotFoundError, match="no bundled MVG model"):
+            models.resolve_model("", registry, tmp_path)
+
+
+def test_registry_rejects_bad_entries(tmp_path):
+    path = tmp_path / "Models.json"
+    path.write_text(json.dumps({"schema_version": 1, "models": [{"name": "x"}]}))
+    with pytest.raises(ValueError, match=r"models\[0\] lacks"):
+        models.load_registry(path)
+    _registry(tmp_path, b"w")  # a valid registry, then broken below
+    data = json.loads(path.read_text())
+    data["models"][0]["sha256"] = "abc"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="64 hex digits"):
+        models.load_registry(path)
+
+
+def test_import_weights_offline_checks_sha_and_never_overwrites(tmp_path):
+    registry, sha = _registry(tmp_path, b"weights v1")
+    models_dir, bundled = tmp_path / "models", tmp_path / "bundled"
+    with pytest.raises(FileNotFoundError, match="Import weights"):
+        models.resolve_model("MVG small", registry, models_dir, bundled)
+    download = tmp_path / "download.safetensors"
+    download.write_bytes(b"weights v1")
+    stored = models.import_weights(download, registry, models_dir)
+    assert stored == models_dir / "mvg_small.safetensors" and models.file_sha256(stored) == sha
+    assert models.resolve_model("", registry, models_dir, bundled) == stored
+    assert not list(models_dir.glob("*.partial"))
+
+    other = tmp_path / "mvg_small.safetensors"
+    other.write_bytes(b"my own fine-tuned weights")
+    kept = models.import_weights(other, registry, models_dir)
+    assert kept != stored and stored.read_bytes() == b"weights v1" and kept.read_bytes() == other.read_bytes()
+
+    stored.write_bytes(b"corrupted")
+    with pytest.raises(ValueError, match="does not match the SHA-256"):
+        models.resolve_model("MVG small", registry, models_dir, bundled)
+    pickle = tmp_path / "model.pt"
+    pickle.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"must be a \.safetensors file"):
+        models.resolve_model(str(pickle), registry, models_dir, bundled)
+
+
+def test_install_puts_torch_first_through_pytorchutils_and_verifies():
+    installed: set[str] = {"numpy"}
+    calls = []
+
+    def find_spec(module):
+        return object() if module in installed else None
+
+    def pip_install(spec):
+        calls.append(("pip", spec))
+        installed.add(next(r.module for r in install.REQUIREMENTS if r.spec == spec))
+
+    def install_torch(spec):
+        calls.append(("pytorchutils", spec))
+        installed.add("torch")
+
+    missing = install.missing_requirements(find_spec=find_spec)
+    assert [r.module for r in missing] == ["torch", "timm", "safetensors", "scipy", "skimage", "yaml"]
+    assert "PyTorch Utils" in install.consent_message(missing, torch_via_pytorchutils=True)
+    install.install_missing(
+        missing[::-1], pip_install, install_torch, log=lambda _m: None, find_spec=find_spec
+    )
+    assert calls[0] == ("pytorchutils", "torch>=2.4,<3") and len(calls) == len(missing)
+    assert all("==" not in spec and ",<" in spec for _, spec in calls)  # lower bound + major ceiling
+    assert install.missing_requirements(find_spec=find_spec) == []
+
+
+def test_install_reports_packages_that_stay_missing():
+    def find_spec(module):
+        return None
+
+    with pytest.raises(RuntimeError, match="still cannot be imported: timm"):
+        install.install_missing(
+            [install.Requirement("timm", "timm>=1.0,<2")],
+            lambda s: None,
+            log=lambda m: None,
+            find_spec=find_spec,
+        )
