@@ -30,7 +30,7 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "MVGCore")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)  # running from a source checkout: MVGCore sits next to the module folder
 
-from MVGSlicerLib import batch, install, models, mrml_io, pipeline  # noqa: E402
+from MVGSlicerLib import batch, install, models, mrml_io, pipeline, resources  # noqa: E402
 from MVGSlicerLib.engine import DEVICES, EngineCache, is_out_of_memory  # noqa: E402
 from MVGSlicerLib.simple_engine import SimpleEngine  # noqa: E402
 from MVGSlicerLib.worker import Worker  # noqa: E402
@@ -38,6 +38,7 @@ from MVGSlicerLib.worker import Worker  # noqa: E402
 from MVGCore.types import Cancelled  # noqa: E402
 
 VIEW_NAMES = ("Red", "Green", "Yellow")
+SAMPLE_FILES = ("MVGSampleLungCT.nrrd", "MVGSampleLungCT_label.nrrd")
 POLL_INTERVAL_MS = 100
 
 
@@ -63,28 +64,20 @@ class MVGSlicer(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """Volumes to try the workflow on, from Slicer's public testing data (checked by SHA-256)."""
+    """The bundled lung CT crop and its tumour label (loaded as a segmentation to use as prompts)."""
     import SampleData
 
-    icon = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MVGSlicer.png")
+    folder = resources.shared_resource("SampleData")
     SampleData.SampleDataLogic.registerCustomSampleDataCategory("MVGSlicer", title=_("MVG Slicer"))
-    for name, sha256, fileName in (
-        ("MVGChestCT", "4507b664690840abb6cb9af2d919377ffc4ef75b167cb6fd0f747befdb12e38e", "CT-chest.nrrd"),
-        (
-            "MVGBrainTumorMR",
-            "998cb522173839c78657f4bc0ea907cea09fd04e44601f17c82ea27927937b95",
-            "RegLib_C01_1.nrrd",
-        ),
-    ):
-        SampleData.SampleDataLogic.registerCustomSampleDataSource(
-            category="MVGSlicer",
-            sampleName=name,
-            thumbnailFileName=icon,
-            uris=slicer.util.TESTING_DATA_URL + "SHA256/" + sha256,
-            fileNames=fileName,
-            checksums="SHA256:" + sha256,
-            nodeNames=name,
-        )
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MVGSlicer",
+        sampleName="MVGSampleLungCT",
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MVGSlicer.png"),
+        uris=[(folder / name).as_uri() for name in SAMPLE_FILES],
+        fileNames=list(SAMPLE_FILES),
+        nodeNames=["MVGSampleLungCT", "MVGSampleLungCT tumour"],
+        loadFileTypes=["VolumeFile", "SegmentationFile"],
+    )
 
 
 @parameterNodeWrapper

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .pipeline import TASKS
+from .resources import shared_resource
 
 SCHEMA_VERSION = 1
 MODEL_SUFFIX = ".safetensors"
 MODELS_DIR_ENV = "MVGSLICER_MODELS_DIR"
-_MODULE_DIR = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ class ModelEntry:
 
 
 def default_registry_path() -> Path:
-    """Models.json packaged with the module, else the one at the root of a source checkout."""
-    packaged = _MODULE_DIR / "Resources" / "Models" / "Models.json"
-    return packaged if packaged.is_file() else _MODULE_DIR.parent / "Resources" / "Models" / "Models.json"
+    return shared_resource("Models", "Models.json")
 
 
 def default_models_dir() -> Path:

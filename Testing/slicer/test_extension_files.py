@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from MVGSlicerLib import resources
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "MVGSlicer"
@@ -115,3 +116,14 @@ def test_icons_are_128_pixel_pngs(icon):
     data = (ROOT / icon).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     assert struct.unpack(">II", data[16:24]) == (128, 128)
+
+
+def test_registered_sample_files_exist():
+    tree = ast.parse((MODULE / "MVGSlicer.py").read_text())
+    assignment = next(
+        n
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SAMPLE_FILES"
+    )
+    names = ast.literal_eval(assignment.value)
+    assert names and all(resources.shared_resource("SampleData", name).is_file() for name in names)

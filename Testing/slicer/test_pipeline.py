@@ -7,7 +7,7 @@ import pytest
 import slicer
 import slicerio
 import vtk
-from MVGSlicerLib import batch, batch_cli, mrml_io, pipeline
+from MVGSlicerLib import batch, batch_cli, mrml_io, pipeline, prompts, resources
 from MVGSlicerLib.simple_engine import SimpleEngine
 
 from MVGCore.types import Cancelled, CancelToken
@@ -232,3 +232,18 @@ def test_batch_cli_processes_files(mrml, tmp_path):
     assert (
         batch_cli.main(missing, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: SimpleEngine()) == 1
     )
+
+
+def test_bundled_sample_segments_end_to_end(mrml):
+    """The Sample Data pair: CT + tumour label (read as a segmentation) -> a new segmentation."""
+    folder = resources.shared_resource("SampleData")
+    volume = batch.load_volume(mrml.volumes, folder / "MVGSampleLungCT.nrrd")
+    label = batch.load_segmentation(mrml.segmentations, folder / "MVGSampleLungCT_label.nrrd")
+    segment_ids = pipeline.prompt_segment_ids(label)
+    assert len(segment_ids) == 1
+    tumour = mrml_io.segment_mask(label, segment_ids[0], volume)
+    assert tumour.shape == (21, 160, 160) and prompts.painted_indices(tumour, 0) == list(range(5, 16))
+    out = batch.SceneProcessor(mrml.scene, SimpleEngine()).segment(volume, label, prompt_indices=[8, 12])
+    result = mrml_io.segment_mask(out, segment_ids[0], volume)
+    assert np.array_equal(result[8], tumour[8]) and np.array_equal(result[12], tumour[12])
+    assert np.array_equal(result[0], tumour[8]) and np.array_equal(result[20], tumour[12])
