@@ -1,0 +1,978 @@
+"""Apply an MVG model to whole volumes: the ``Predictor`` and ``python -m MVGCore.predict``.
+
+Every task runs slice by slice along one axis. For each query slice the nearest prompt slices (by
+index) are put above it on a canvas, the query half of the target canvas is hidden, and the
+model's answer is decoded (colors -> classes for segmentation, gray -> input units for images)
+and resized back onto the slice's own grid. Slices are streamed in batches into one preallocated
+output, so memory beyond the input and the output stays at a few batches of tiles, whatever the
+volume size. Prompt slices that belong to the query volume return the user's target unchanged.
+
+Example::
+
+    python -m MVGCore.predict --checkpoint mvg.safetensors --task segment \\
+        --input ct.nii.gz --prompts sparse_labels.nii.gz --output ct_seg.nii.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .canvas import (
+    TileFit,
+    build_canvases,
+    fit_to_tile,
+    imagenet_denormalize,
+    plan_fit,
+    query_half,
+    unfit_from_tile,
+)
+from .checkpoint import PICKLE_SUFFIXES, load_model, load_state_dict_file, sidecar_path
+from .coloring import check_labels, color_table, decode
+from .config import MVGConfig
+from .intensity import IntensityRange, check_modality, intensity_range
+from .masking import ar_mask
+from .model import MVGModel
+from .slicewise import SliceLoop, check_axis, put_slice, take_slice
+from .types import CancelToken, ProgressFn, Prompt
+
+log = logging.getLogger(__name__)
+
+FLOAT32 = np.dtype(np.float32)
+
+TASKS = ("segment", "denoise", "inpaint", "synthesize")
+ENSEMBLES = ("average", "feature")
+CT_AIR_THRESHOLD = -500.0
+"""``modality="auto"`` calls a volume CT when it holds values at or below this (air in HU)."""
+SAMPLE_VOXELS = 1_000_000
+"""Intensity ranges of larger volumes are estimated on a strided sample of this many voxels."""
+MIN_AUTO_NOISE = 0.01
+"""Floor of the noise level (in [0, 1] units) of self-made denoising prompts."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Keyword options of every Predictor task.
+
+    modality: "auto" (CT if the volume holds air-like values <= -500, else robust percentiles),
+        or "CT" | "MR" | "XR" | "US" | "OTHER", as :mod:`MVGCore.intensity` normalises them.
+    window: CT window preset name or (low, high), overriding the modality's normalisation.
+    spacing: (k, j, i) voxel spacing (``Geometry.spacing_kji``); slices are fitted to the tile by
+        their physical extent. None = isotropic pixels.
+    k_prompts: prompts shown per query slice (the nearest by index; prompts from other volumes
+        come after the query volume's own slices, in the order given).
+    ensemble: how K prompts are combined: "average" of the K outputs, or SegGPT's "feature"
+        ensemble (attention outputs of the query half averaged in every block).
+    propagate: process slices outward from the prompt slices; each slice is also prompted with
+        its already predicted neighbour towards the nearest prompt slice (needs indexed prompts).
+    return_disagreement: also return a float32 volume: per voxel, for segmentation the share of
+        the K single-prompt answers that differ from the final label, for images their standard
+        deviation in output units (0 when K = 1). With ``ensemble="feature"`` the single-prompt
+        answers cost one extra pass.
+    seed: seed of the synthetic noise / holes in self-made prompts (denoise / inpaint).
+    auto_prompts: how many self-made prompts denoise / inpaint build when no prompts are given.
+    target_modality, target_window: normalisation of synthesis targets (as modality / window).
+    """
+
+    modality: str = "auto"
+    window: str | tuple[float, float] | None = None
+    spacing: tuple[float, float, float] | None = None
+    k_prompts: int = 1
+    ensemble: str = "average"
+    propagate: bool = False
+    return_disagreement: bool = False
+    seed: int = 0
+    auto_prompts: int = 4
+    target_modality: str = "auto"
+    target_window: str | tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("modality", "target_modality"):
+            value = getattr(self, name)
+            if value != "auto":
+                object.__setattr__(self, name, check_modality(value))
+        if self.spacing is not None:
+            spacing = tuple(float(s) for s in self.spacing)
+            if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+                raise ValueError(
+                    f"option spacing must be three positive (k, j, i) numbers, got {self.spacing}"
+                )
+            object.__setattr__(self, "spacing", spacing)
+        if (
+            isinstance(self.k_prompts, bool)
+            or not isinstance(self.k_prompts, (int, np.integer))
+            or self.k_prompts < 1
+        ):
+            raise ValueError(f"option k_prompts must be a positive integer, got {self.k_prompts!r}")
+        if (
+            isinstance(self.auto_prompts, bool)
+            or not isinstance(self.auto_prompts, (int, np.integer))
+            or self.auto_prompts < 1
+        ):
+            raise ValueError(f"option auto_prompts must be a positive integer, got {self.auto_prompts!r}")
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"option ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> Options:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown Predictor option(s) {unknown}; known options are {sorted(known)}")
+        return cls(**options)
+
+
+@dataclass
+class _Example:
+    """A prompt ready for the canvas: [0, 1] image tile, target tile, and where it sits in the volume."""
+
+    image: np.ndarray
+    target: np.ndarray
+    position: int | None
+    classes: tuple[int, ...] = ()
+
+
+@dataclass
+class _Job:
+    """Everything one task run needs besides the model; built and checked before any slice runs.
+
+    Segmentation jobs carry the color ``table``; image jobs the ``out_range`` their outputs are
+    mapped back through, and inpainting the ``hole``.
+    """
+
+    volume: np.ndarray
+    axis: int
+    options: Options
+    in_range: IntensityRange
+    examples: list[_Example]
+    kept: dict[int, np.ndarray]
+    fit: TileFit
+    spacing: tuple[float, float]
+    out_dtype: np.dtype = FLOAT32
+    out_range: IntensityRange | None = None
+    table: np.ndarray | None = None
+    hole: np.ndarray | None = None
+
+    @property
+    def segmentation(self) -> bool:
+        return self.table is not None
+
+
+class Predictor:
+    """The one inference entry point: a model on a device, and the four tasks on 3D arrays.
+
+    Arrays are (k, j, i); a 2D image is a one-slice volume (``image[None]``, axis 0). All outputs
+    lie on the exact input grid. ``batch_size`` is the number of canvases per forward pass
+    (query slices x prompts each); on GPU out-of-memory it is halved, the batch retried, and the
+    smaller size kept for later calls. With ``return_disagreement=True`` a task returns
+    ``(output, disagreement)``; otherwise the output alone. See :class:`Options` for the options.
+    """
+
+    def __init__(self, model: MVGModel, device: str = "auto", batch_size: int = 8) -> None:
+        if not isinstance(model, MVGModel):
+            raise TypeError(f"model must be an MVGModel, got {type(model).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.device = _resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.config: MVGConfig = model.config
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        allow_pickle: bool = False,
+        config: MVGConfig | None = None,
+        **kwargs: Any,
+    ) -> Predictor:
+        """Load an MVGCore checkpoint (.safetensors + .json sidecar).
+
+        Pickle files (.pt, .pth, ...) can run code when loaded, so they are refused unless
+        ``allow_pickle=True``; they then need ``config`` or a sidecar JSON holding one.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path.suffix in PICKLE_SUFFIXES:
+            if not allow_pickle:
+                raise ValueError(
+                    f"refusing to load pickle checkpoint {path}: pickle files can run code. Use the "
+                    ".safetensors checkpoint, or pass allow_pickle=True if you trust its source."
+                )
+            model = MVGModel(config or _sidecar_config(path))
+            state = load_state_dict_file(path, allow_pickle=True)
+            model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        else:
+            model, _ = load_model(path)
+        return cls(model, device=device, **kwargs)
+
+    # ---------------------------------------------------------------- tasks
+
+    def segment(
+        self,
+        image: np.ndarray,
+        prompts: Sequence[Prompt],
+        axis: int = 0,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+        **options: Any,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Label volume (the prompt targets' integer dtype; bool -> uint8) on the grid of ``image``.
+
+        Prompts are label slices of ``image`` itself (``Prompt.index`` set; returned unchanged)
+        and/or (image, label) pairs from other volumes. Labels decode to the classes the chosen
+        prompts show, through the fixed inference palette.
+        """
+        opts = Options.parse(options)
+        volume, axis = _check_volume(image, "image"), check_axis(axis)
+        prompts = _required(prompts, "segment")
+        in_range = self._input_range(volume, opts)
+        spacing = _plane_spacing(opts.spacing, axis)
+        dtype = _label_dtype(prompts)
+        kept = _kept_targets(prompts, volume.shape, axis)
+        examples = [
+            self._label_example(number, p, in_range, opts, spacing) for number, p in enumerate(prompts)
+        ]
+        if not any(e.classes for e in examples):
+            raise ValueError("every segmentation prompt label is empty; label at least one structure")
+        classes = sorted({c for e in examples for c in e.classes})
+        fit = plan_fit(_plane_shape(volume.shape, axis), self.config.tile_size, spacing)
+        job = _Job(
+            volume,
+            axis,
+            opts,
+            in_range,
+            examples,
+            kept,
+            fit,
+            spacing,
+            dtype,
+            table=color_table(classes, "palette"),
+        )
+        return self._run(job, progress, cancel)
+
+    def denoise(
+        self,
+        image: np.ndarray,
+        prompts: Sequence[Prompt] | None = None,
+        axis: int = 0,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+        **options: Any,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Denoised float32 volume in input units.
+
+        Prompts are (noisy, clean) pairs. Without prompts, ``auto_prompts`` evenly spaced slices of
+        the volume itself become prompts: the slice with extra Gaussian noise of the level
+        estimated on that slice (skimage ``estimate_sigma``) -> the slice. Those slices are
+        denoised like any other.
+        """
+        opts = Options.parse(options)
+        volume, axis = _check_volume(image, "image"), check_axis(axis)
+        in_range = self._input_range(volume, opts)
+        spacing = _plane_spacing(opts.spacing, axis)
+        fit = plan_fit(_plane_shape(volume.shape, axis), self.config.tile_size, spacing)
+        if prompts:
+            kept = _kept_targets(prompts, volume.shape, axis)
+            examples = [
+                self._image_example(n, p, in_range, None, opts, spacing) for n, p in enumerate(prompts)
+            ]
+        else:
+            kept, examples = {}, self._noise_examples(volume, axis, in_range, fit, spacing, opts)
+        job = _Job(volume, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range)
+        return self._run(job, progress, cancel)
+
+    def inpaint(
+        self,
+        image: np.ndarray,
+        hole_mask: np.ndarray,
+        prompts: Sequence[Prompt] | None = None,
+        axis: int = 0,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+        **options: Any,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Float32 volume in input units with the voxels of ``hole_mask`` filled in; all other voxels
+        are the input's. Slices without hole are copied.
+
+        Prompts are (image with a hole, complete image) pairs; the hole of an indexed prompt slice
+        is read from ``hole_mask``. Without prompts, ``auto_prompts`` evenly spaced slices that have
+        no hole become prompts: the slice with the hole of the nearest holed slice cut into it ->
+        the slice.
+        """
+        opts = Options.parse(options)
+        volume, axis = _check_volume(image, "image"), check_axis(axis)
+        hole = np.asarray(hole_mask)
+        if hole.shape != volume.shape:
+            raise ValueError(f"hole_mask shape {hole.shape} must equal the image shape {volume.shape}")
+        hole = hole.astype(bool, copy=False)
+        in_range = self._input_range(volume, opts)
+        spacing = _plane_spacing(opts.spacing, axis)
+        fit = plan_fit(_plane_shape(volume.shape, axis), self.config.tile_size, spacing)
+        if prompts:
+            kept = _kept_targets(prompts, volume.shape, axis)
+            examples = [
+                self._image_example(n, p, in_range, None, opts, spacing, hole, axis)
+                for n, p in enumerate(prompts)
+            ]
+        else:
+            kept, examples = {}, self._hole_examples(volume, hole, axis, in_range, spacing, opts)
+        job = _Job(volume, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range, hole=hole)
+        return self._run(job, progress, cancel)
+
+    def synthesize(
+        self,
+        source: np.ndarray,
+        prompts: Sequence[Prompt],
+        axis: int = 0,
+        *,
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+        **options: Any,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Float32 volume in the units of the prompt targets (e.g. T2 from T1 given T1->T2 pairs).
+
+        Targets are normalised with one range taken over all prompt targets together
+        (``target_modality`` / ``target_window``), and the output is mapped back through it.
+        """
+        opts = Options.parse(options)
+        volume, axis = _check_volume(source, "source"), check_axis(axis)
+        prompts = _required(prompts, "synthesize")
+        in_range = self._input_range(volume, opts)
+        for number, p in enumerate(prompts):
+            _check_finite(p.target, f"prompt {number} target")
+        pooled = np.concatenate([np.ravel(p.target) for p in prompts])
+        out_range = intensity_range(
+            _sample(pooled), _auto_modality(pooled, opts.target_modality), opts.target_window
+        )
+        spacing = _plane_spacing(opts.spacing, axis)
+        kept = _kept_targets(prompts, volume.shape, axis)
+        examples = [
+            self._image_example(n, p, in_range, out_range, opts, spacing) for n, p in enumerate(prompts)
+        ]
+        fit = plan_fit(_plane_shape(volume.shape, axis), self.config.tile_size, spacing)
+        job = _Job(volume, axis, opts, in_range, examples, kept, fit, spacing, out_range=out_range)
+        return self._run(job, progress, cancel)
+
+    # ---------------------------------------------------------------- prompts
+
+    def _input_range(self, volume: np.ndarray, opts: Options) -> IntensityRange:
+        return intensity_range(_sample(volume), _auto_modality(volume, opts.modality), opts.window)
+
+    def _tile(self, plane: np.ndarray, is_label: bool, spacing: tuple[float, float]) -> np.ndarray:
+        return fit_to_tile(plane, self.config.tile_size, is_label, spacing)[0]
+
+    def _prompt_range(self, prompt: Prompt, in_range: IntensityRange, opts: Options) -> IntensityRange:
+        """A slice of the query volume shares its range; another volume's slice is scaled by its own."""
+        if prompt.index is not None:
+            return in_range
+        return intensity_range(prompt.image, _auto_modality(prompt.image, opts.modality), opts.window)
+
+    def _label_example(
+        self,
+        number: int,
+        prompt: Prompt,
+        in_range: IntensityRange,
+        opts: Options,
+        spacing: tuple[float, float],
+    ) -> _Example:
+        _check_finite(prompt.image, f"prompt {number} image")
+        target = np.asarray(prompt.target)
+        target = target.astype(np.uint8) if target.dtype == np.bool_ else target
+        check_labels(target, f"prompt {number} label")
+        image = self._prompt_range(prompt, in_range, opts).normalize(prompt.image)
+        labels = self._tile(target.astype(np.int64), True, spacing)
+        classes = tuple(int(c) for c in np.unique(labels) if c != 0)
+        return _Example(self._tile(image, False, spacing), labels, prompt.index, classes)
+
+    def _image_example(
+        self,
+        number: int,
+        prompt: Prompt,
+        in_range: IntensityRange,
+        target_range: IntensityRange | None,
+        opts: Options,
+        spacing: tuple[float, float],
+        hole: np.ndarray | None = None,
+        axis: int = 0,
+    ) -> _Example:
+        """An (input, output) image pair; an indexed inpainting prompt gets its slice's hole zeroed."""
+        _check_finite(prompt.image, f"prompt {number} image")
+        _check_finite(prompt.target, f"prompt {number} target")
+        image_range = self._prompt_range(prompt, in_range, opts)
+        image = image_range.normalize(prompt.image)
+        if hole is not None and prompt.index is not None:
+            image[take_slice(hole, axis, prompt.index)] = 0.0
+        target = (target_range or image_range).normalize(prompt.target)
+        return _Example(self._tile(image, False, spacing), self._tile(target, False, spacing), prompt.index)
+
+    def _noise_examples(
+        self,
+        volume: np.ndarray,
+        axis: int,
+        in_range: IntensityRange,
+        fit: TileFit,
+        spacing: tuple[float, float],
+        opts: Options,
+    ) -> list[_Example]:
+        """Self-made denoising prompts: noise of the level estimated on the tile's content is added to it."""
+        from skimage.restoration import estimate_sigma
+
+        from .degrade import gaussian
+
+        rng = np.random.default_rng(opts.seed)
+        examples = []
+        for position in _evenly_spaced(list(range(volume.shape[axis])), opts.auto_prompts):
+            clean = self._tile(in_range.normalize(take_slice(volume, axis, position)), False, spacing)
+            r, c = fit.offset
+            content = clean[r : r + fit.content[0], c : c + fit.content[1]]
+            sigma = (
+                max(float(estimate_sigma(content)), MIN_AUTO_NOISE)
+                if min(content.shape) > 1
+                else MIN_AUTO_NOISE
+            )
+            noisy = np.zeros_like(clean)
+            noisy[r : r + fit.content[0], c : c + fit.content[1]] = gaussian(content, sigma, rng)
+            examples.append(_Example(noisy, clean, position))
+        return examples
+
+    def _hole_examples(
+        self,
+        volume: np.ndarray,
+        hole: np.ndarray,
+        axis: int,
+        in_range: IntensityRange,
+        spacing: tuple[float, float],
+        opts: Options,
+    ) -> list[_Example]:
+        """Self-made inpainting prompts: hole-free slices with the nearest real hole cut into them."""
+        other = tuple(a for a in range(3) if a != axis)
+        holed = hole.any(axis=other)
+        candidates = np.flatnonzero(~holed).tolist()
+        with_hole = np.flatnonzero(holed)
+        if not with_hole.size:
+            return []  # nothing to fill: every slice is copied
+        if not candidates:
+            raise ValueError(
+                "inpaint without prompts needs at least one slice without hole along axis "
+                f"{axis} to make prompts from; give prompts instead"
+            )
+        examples = []
+        for position in _evenly_spaced(candidates, opts.auto_prompts):
+            donor = int(with_hole[np.argmin(np.abs(with_hole - position))])
+            cut = self._tile(take_slice(hole, axis, donor).astype(np.uint8), True, spacing).astype(bool)
+            clean = self._tile(in_range.normalize(take_slice(volume, axis, position)), False, spacing)
+            examples.append(_Example(np.where(cut, np.float32(0.0), clean), clean, position))
+        return examples
+
+    # ---------------------------------------------------------------- the loop
+
+    def _run(
+        self, job: _Job, progress: ProgressFn | None, cancel: CancelToken | None
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        volume, axis, opts = job.volume, job.axis, job.options
+        n_slices = volume.shape[axis]
+        if opts.propagate and not job.kept:
+            raise ValueError(
+                "propagate needs prompts that are slices of the volume itself (Prompt.index set)"
+            )
+        out = np.empty(volume.shape, dtype=job.out_dtype)
+        disagreement = np.zeros(volume.shape, dtype=np.float32) if opts.return_disagreement else None
+        loop = SliceLoop(n_slices, progress, cancel)
+        done = 0
+        for index, target in job.kept.items():
+            put_slice(out, axis, index, np.asarray(target).astype(job.out_dtype, copy=False))
+            done += 1
+        todo = [q for q in range(n_slices) if q not in job.kept]
+        if job.hole is not None:
+            no_hole = [q for q in todo if not take_slice(job.hole, axis, q).any()]
+            for q in no_hole:
+                put_slice(out, axis, q, take_slice(volume, axis, q))
+            todo = [q for q in todo if q not in set(no_hole)]
+            done += len(no_hole)
+        if done:
+            loop.advance(done)
+        if todo and not job.examples:
+            raise ValueError("no prompts to run the model with")
+        for wave in _waves(todo, sorted(job.kept), opts.propagate):
+            plans = [(q, self._choose(job, q, out)) for q in wave]
+            k = len(plans[0][1])
+            start = 0
+            while start < len(plans):
+                loop.check()
+                per_batch = max(1, self.batch_size // k)
+                chunk = plans[start : start + per_batch]
+                try:
+                    results = self._infer(job, chunk)
+                except torch.OutOfMemoryError:
+                    if per_batch == 1:
+                        raise
+                    self.batch_size = max(1, self.batch_size // 2)
+                    log.warning("out of memory; retrying with batch_size %d", self.batch_size)
+                    if self.device.startswith("cuda"):
+                        torch.cuda.empty_cache()
+                    continue
+                for (q, _), (plane, spread) in zip(chunk, results, strict=True):
+                    put_slice(out, axis, q, plane)
+                    if disagreement is not None:
+                        put_slice(disagreement, axis, q, spread)
+                loop.advance(len(chunk))
+                start += len(chunk)
+        return out if disagreement is None else (out, disagreement)
+
+    def _choose(self, job: _Job, query: int, out: np.ndarray) -> list[_Example]:
+        """The K prompts for ``query``: nearest by index first, other volumes' prompts after."""
+        k = min(job.options.k_prompts, len(job.examples))
+        ranked = sorted(
+            job.examples,
+            key=lambda e: (e.position is None, abs(e.position - query) if e.position is not None else 0),
+        )
+        if job.options.propagate:
+            neighbour = self._neighbour(job, query, out)
+            if neighbour is not None:
+                return [neighbour, *ranked[: k - 1]]
+        return ranked[:k]
+
+    def _neighbour(self, job: _Job, query: int, out: np.ndarray) -> _Example | None:
+        """The already predicted slice one step towards the nearest prompt slice, as a prompt."""
+        source = min(job.kept, key=lambda p: (abs(p - query), p))
+        step = 1 if query > source else -1
+        position = query - step
+        if position == source:
+            return None  # the real prompt slice is the nearest prompt already
+        plane = take_slice(job.volume, job.axis, position)
+        image = self._tile(job.in_range.normalize(plane), False, job.spacing)
+        predicted = take_slice(out, job.axis, position)
+        if job.segmentation:
+            labels = self._tile(predicted.astype(np.int64), True, job.spacing)
+            classes = tuple(int(c) for c in np.unique(labels) if c != 0)
+            return _Example(image, labels, position, classes) if classes else None
+        target = self._tile(job.out_range.normalize(predicted), False, job.spacing)
+        return _Example(image, target, position)
+
+    def _query_tile(self, job: _Job, query: int) -> np.ndarray:
+        plane = take_slice(job.volume, job.axis, query)
+        _check_finite(plane, f"image slice {query} along axis {job.axis}")
+        tile = self._tile(job.in_range.normalize(plane), False, job.spacing)
+        if job.hole is not None:
+            tile[
+                self._tile(take_slice(job.hole, job.axis, query).astype(np.uint8), True, job.spacing) > 0
+            ] = 0.0
+        return tile
+
+    def _infer(
+        self, job: _Job, chunk: list[tuple[int, list[_Example]]]
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Run one batch of query slices; return each slice's output plane and disagreement plane."""
+        k = len(chunk[0][1])
+        prompts = [e for _, chosen in chunk for e in chosen]
+        queries = np.repeat(np.stack([self._query_tile(job, q) for q, _ in chunk]), k, axis=0)
+        canvases = build_canvases(
+            np.stack([e.image for e in prompts]),
+            np.stack([e.target for e in prompts]),
+            queries,
+            segmentation=job.segmentation,
+            tables=job.table,
+        )
+        feature = job.options.ensemble == "feature" and k > 1
+        answers = self._forward(canvases, k if feature else 1)
+        singles = answers
+        if feature and job.options.return_disagreement:
+            singles = self._forward(canvases, 1)
+        results = []
+        for number, (query, chosen) in enumerate(chunk):
+            group = answers[number * k : (number + 1) * k]
+            single = singles[number * k : (number + 1) * k]
+            results.append(self._decode(job, query, chosen, group, single))
+        return results
+
+    def _forward(self, canvases, ensemble_k: int) -> torch.Tensor:
+        """Query halves of the predicted target canvases as [0, 1] RGB on the CPU, (B, 3, S, S)."""
+        batch = canvases.images.shape[0]
+        mask = torch.from_numpy(ar_mask(self.config.grid)).expand(batch, -1)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.startswith("cuda")
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            pred = self.model(
+                canvases.images.to(self.device),
+                canvases.targets.to(self.device),
+                mask.to(self.device),
+                ensemble_k=ensemble_k,
+            )
+        return imagenet_denormalize(query_half(pred.float())).clamp(0.0, 1.0).cpu()
+
+    def _decode(
+        self, job: _Job, query: int, chosen: list[_Example], group: torch.Tensor, single: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        want_spread = job.options.return_disagreement
+        if job.segmentation:
+            classes = sorted({c for e in chosen for c in e.classes})
+            final = self._labels(job, group.mean(0, keepdim=True), classes)[0]
+            spread = None
+            if want_spread:
+                votes = self._labels(job, single, classes)
+                spread = np.mean([v != final for v in votes], axis=0).astype(np.float32)
+            return final.astype(job.out_dtype), spread
+        gray = group.mean(1).mean(0).numpy()
+        plane = job.out_range.denormalize(unfit_from_tile(gray, job.fit, False))
+        if job.hole is not None:
+            original = take_slice(job.volume, job.axis, query)
+            plane = np.where(take_slice(job.hole, job.axis, query), plane, original).astype(np.float32)
+        spread = None
+        if want_spread:
+            each = [unfit_from_tile(t, job.fit, False) for t in single.mean(1).numpy()]
+            spread = (np.std(each, axis=0) * (job.out_range.high - job.out_range.low)).astype(np.float32)
+        return plane, spread
+
+    def _labels(self, job: _Job, rgb: torch.Tensor, classes: list[int]) -> list[np.ndarray]:
+        tiles = decode(rgb, job.table, classes).numpy()
+        return [unfit_from_tile(t, job.fit, True) for t in tiles]
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} was asked for but CUDA is not available; use 'cpu' or 'auto'"
+            )
+        index = 0 if device == "cuda" else device.split(":", 1)[1]
+        if not str(index).isdigit() or int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+        return f"cuda:{int(index)}"
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def _sidecar_config(path: Path) -> MVGConfig:
+    import json
+
+    side = sidecar_path(path.with_suffix(".safetensors"))
+    if not side.is_file():
+        raise ValueError(
+            f"pickle checkpoint {path} has no config: pass config=MVGConfig(...) or add {side.name}"
+        )
+    meta = json.loads(side.read_text())
+    if "config" not in meta:
+        raise ValueError(f"{side} has no 'config'; pass config=MVGConfig(...)")
+    return MVGConfig.from_dict(meta["config"])
+
+
+def _check_volume(array: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 3:
+        hint = " (a 2D image is a one-slice volume: pass image[None])" if array.ndim == 2 else ""
+        raise ValueError(f"{name} must be a 3D (k, j, i) array, got {array.ndim}D shape {array.shape}{hint}")
+    if min(array.shape) < 1:
+        raise ValueError(f"{name} is empty: shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
+    for k in range(array.shape[0]):  # slice by slice: no whole-volume boolean copy
+        _check_finite(array[k], f"{name} slice {k} (axis 0)")
+    return array
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    array = np.asarray(array)
+    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values; replace them before predicting")
+
+
+def _sample(array: np.ndarray) -> np.ndarray:
+    """A strided view of at most SAMPLE_VOXELS voxels: robust percentiles of it are accurate, and
+    taking them never copies a whole large volume."""
+    array = np.asarray(array)
+    if array.size <= SAMPLE_VOXELS:
+        return array
+    step = math.ceil((array.size / SAMPLE_VOXELS) ** (1 / array.ndim))
+    return array[(slice(None, None, step),) * array.ndim]
+
+
+def _auto_modality(array: np.ndarray, modality: str) -> str:
+    if modality != "auto":
+        return modality
+    return "CT" if float(np.min(_sample(array))) <= CT_AIR_THRESHOLD else "OTHER"
+
+
+def _required(prompts: Sequence[Prompt] | None, task: str) -> list[Prompt]:
+    prompts = list(prompts or ())
+    if not prompts:
+        raise ValueError(f"{task} needs at least one prompt (image slice, target slice)")
+    for number, prompt in enumerate(prompts):
+        if not isinstance(prompt, Prompt):
+            raise TypeError(f"prompt {number} must be an MVGCore.types.Prompt, got {type(prompt).__name__}")
+    return prompts
+
+
+def _label_dtype(prompts: Sequence[Prompt]) -> np.dtype:
+    dtypes = [np.asarray(p.target).dtype for p in prompts]
+    for number, dtype in enumerate(dtypes):
+        if not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
+            raise ValueError(f"segmentation prompt {number} has a {dtype} target; expected integer labels")
+    dtype = np.result_type(*dtypes)
+    return np.dtype(np.uint8) if dtype == np.bool_ else dtype
+
+
+def _plane_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+    return tuple(n for a, n in enumerate(shape) if a != axis)
+
+
+def _plane_spacing(spacing: tuple[float, float, float] | None, axis: int) -> tuple[float, float]:
+    if spacing is None:
+        return (1.0, 1.0)
+    return tuple(s for a, s in enumerate(spacing) if a != axis)
+
+
+def _kept_targets(prompts: Sequence[Prompt], shape: tuple[int, ...], axis: int) -> dict[int, np.ndarray]:
+    """Targets of the prompts that are slices of the query volume, by index, checked against its grid."""
+    plane = _plane_shape(shape, axis)
+    kept: dict[int, np.ndarray] = {}
+    for number, prompt in enumerate(prompts):
+        if prompt.index is None:
+            continue
+        if isinstance(prompt.index, bool) or not 0 <= prompt.index < shape[axis]:
+            raise ValueError(
+                f"prompt {number} index {prompt.index} is out of range: the volume has "
+                f"{shape[axis]} slices along axis {axis}"
+            )
+        if prompt.target.shape != plane or prompt.image.shape != plane:
+            raise ValueError(
+                f"prompt {number} is slice {prompt.index} along axis {axis} of a volume of shape {shape}, "
+                f"so its image and target must have shape {plane}, got {prompt.image.shape} and "
+                f"{prompt.target.shape} (wrong axis?)"
+            )
+        if prompt.index in kept:
+            raise ValueError(f"prompt {number} repeats slice {prompt.index}; give each slice once")
+        kept[int(prompt.index)] = prompt.target
+    return kept
+
+
+def _evenly_spaced(candidates: list[int], count: int) -> list[int]:
+    """Up to ``count`` entries of ``candidates`` spread evenly, avoiding the two ends when possible."""
+    if len(candidates) <= count:
+        return list(candidates)
+    picks = np.linspace(0, len(candidates) - 1, count + 2)[1:-1]
+    return sorted({candidates[round(float(p))] for p in picks})
+
+
+def _waves(todo: list[int], sources: list[int], propagate: bool) -> list[list[int]]:
+    """Groups of query slices that can run together: all at once, or by distance from the prompts."""
+    if not todo:
+        return []
+    if not propagate:
+        return [todo]
+    distance = {q: min(abs(q - s) for s in sources) for q in todo}
+    return [[q for q in todo if distance[q] == d] for d in sorted(set(distance.values()))]
+
+
+# -------------------------------------------------------------------- CLI
+
+
+def _parse_window(text: str | None) -> str | tuple[float, float] | None:
+    if text is None or "," not in text:
+        return text
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--window must be a preset name or LOW,HIGH, got {text!r}"
+        ) from None
+    return low, high
+
+
+def _parse_slices(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"slice lists are comma-separated integers, got {text!r}") from None
+
+
+def _same_grid(path: Path, volume, reference, reference_name: str) -> None:
+    """Files that describe the input's own slices must lie on its grid."""
+    if volume.array.shape != reference.array.shape:
+        shapes = f"shape {volume.array.shape} (k, j, i) but {reference_name} has {reference.array.shape}"
+        raise ValueError(f"{path} has {shapes}")
+    ours, theirs = volume.geometry, reference.geometry
+    for name in ("spacing", "origin", "direction"):
+        mine, expected = getattr(ours, name), getattr(theirs, name)
+        if not np.allclose(mine, expected, atol=1e-3):
+            raise ValueError(f"{path} {name} {mine} differs from {reference_name}'s {expected}")
+
+
+def _prompt_slices(
+    path: Path, target: np.ndarray, axis: int, chosen: list[int] | None, flag: str
+) -> list[int]:
+    """Explicit slice indices, or every slice of the sparse target file with a non-zero voxel."""
+    n = target.shape[axis]
+    if chosen is None:
+        other = tuple(a for a in range(3) if a != axis)
+        chosen = np.flatnonzero(np.any(target != 0, axis=other)).tolist()
+        if not chosen:
+            raise ValueError(
+                f"{path} has no non-zero slice along axis {axis}; label some slices or pass {flag}"
+            )
+    for index in chosen:
+        if not 0 <= index < n:
+            raise ValueError(
+                f"{flag}: slice {index} is out of range; {path} has {n} slices along axis {axis}"
+            )
+    return sorted(set(chosen))
+
+
+def _collect_prompts(args: argparse.Namespace, image) -> list[Prompt]:
+    from .io import read_volume
+
+    prompts: list[Prompt] = []
+    if args.prompts is not None:
+        sparse = read_volume(args.prompts)
+        _same_grid(args.prompts, sparse, image, f"--input {args.input}")
+        for index in _prompt_slices(args.prompts, sparse.array, args.axis, args.slices, "--slices"):
+            prompts.append(
+                Prompt.from_volume(image.array, index, take_slice(sparse.array, args.axis, index), args.axis)
+            )
+    if (args.prompt_image is None) != (args.prompt_target is None):
+        raise ValueError("--prompt-image and --prompt-target go together (another volume and its target)")
+    if args.prompt_image is not None:
+        other = read_volume(args.prompt_image)
+        target = read_volume(args.prompt_target)
+        _same_grid(args.prompt_target, target, other, f"--prompt-image {args.prompt_image}")
+        slices = _prompt_slices(
+            args.prompt_target, target.array, args.axis, args.prompt_slices, "--prompt-slices"
+        )
+        for index in slices:
+            prompts.append(
+                Prompt(take_slice(other.array, args.axis, index), take_slice(target.array, args.axis, index))
+            )
+    return prompts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m MVGCore.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="model .safetensors (with its .json)")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument(
+        "--input", required=True, type=Path, help="volume to process (NIfTI, NRRD, MHA, DICOM)"
+    )
+    parser.add_argument(
+        "--output", required=True, type=Path, help="new file (.nii.gz, .nii, .nrrd, .seg.nrrd, .mha)"
+    )
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        help="targets on the input's grid (sparse labels / clean or target images); its non-zero slices "
+        "are the prompts unless --slices names them",
+    )
+    parser.add_argument(
+        "--slices", type=_parse_slices, help="prompt slice indices of --prompts, e.g. 10,40,70"
+    )
+    parser.add_argument("--prompt-image", type=Path, help="another volume to take prompt slices from")
+    parser.add_argument("--prompt-target", type=Path, help="the target of --prompt-image, on its grid")
+    parser.add_argument("--prompt-slices", type=_parse_slices, help="slices of --prompt-image to use")
+    parser.add_argument("--hole", type=Path, help="inpaint: mask of the voxels to fill, on the input's grid")
+    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slice axis in (k, j, i)")
+    parser.add_argument("--modality", default="auto", help="auto, CT, MR, XR, US or OTHER")
+    parser.add_argument("--window", type=_parse_window, help="CT window: preset name or LOW,HIGH")
+    parser.add_argument("--k-prompts", type=int, default=1, help="prompts per query slice (default 1)")
+    parser.add_argument("--ensemble", choices=ENSEMBLES, default="average", help="how K prompts combine")
+    parser.add_argument("--propagate", action="store_true", help="propagate outward from the prompt slices")
+    parser.add_argument("--disagreement", type=Path, help="also write the per-voxel disagreement map here")
+    parser.add_argument("--seed", type=int, default=0, help="seed of self-made prompts (denoise/inpaint)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=8, help="canvases per forward pass")
+    parser.add_argument("--allow-pickle", action="store_true", help="allow a trusted pickle checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .io import read_volume, write_volume
+    from .types import Volume
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    outputs = [p for p in (args.output, args.disagreement) if p is not None]
+    for path in outputs:
+        if path.resolve() == args.input.resolve():
+            raise ValueError(f"output {path} is the input file; choose a new file")
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path} exists; choose a new file or pass --overwrite")
+    image = read_volume(args.input)
+    prompts = _collect_prompts(args, image)
+    if args.task in ("segment", "synthesize") and not prompts:
+        raise ValueError(
+            f"--task {args.task} needs prompts: --prompts FILE and/or --prompt-image/--prompt-target"
+        )
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, batch_size=args.batch_size
+    )
+    options = {
+        "modality": args.modality,
+        "window": args.window,
+        "spacing": image.geometry.spacing_kji,
+        "k_prompts": args.k_prompts,
+        "ensemble": args.ensemble,
+        "propagate": args.propagate,
+        "return_disagreement": args.disagreement is not None,
+        "seed": args.seed,
+    }
+    run: Callable[..., Any]
+    if args.task == "inpaint":
+        if args.hole is None:
+            raise ValueError("--task inpaint needs --hole MASK (non-zero = voxels to fill)")
+        hole = read_volume(args.hole)
+        _same_grid(args.hole, hole, image, f"--input {args.input}")
+        run = lambda **kw: predictor.inpaint(image.array, hole.array != 0, prompts, args.axis, **kw)  # noqa: E731
+    else:
+        task = getattr(predictor, args.task)
+        run = lambda **kw: task(image.array, prompts, args.axis, **kw)  # noqa: E731
+    log.info("%s on %s (%s), %d prompt slice(s)", args.task, args.input, predictor.device, len(prompts))
+    result = run(progress=_log_progress(), **options)
+    result, spread = result if isinstance(result, tuple) else (result, None)
+    write_volume(args.output, Volume(result, image.geometry), overwrite=args.overwrite)
+    log.info("wrote %s", args.output)
+    if spread is not None:
+        write_volume(args.disagreement, Volume(spread, image.geometry), overwrite=args.overwrite)
+        log.info("wrote %s", args.disagreement)
+    return 0
+
+
+def _log_progress() -> ProgressFn:
+    """Log about every tenth of the work, and the end."""
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        step = total * (last[0] // max(total // 10, 1) + 1) // 10 if total else 0
+        if done == total or done >= step:
+            last[0] = done
+            log.info("%d/%d slices", done, total)
+
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())
