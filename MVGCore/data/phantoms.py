@@ -138,6 +138,7 @@ def write_nnunet_dataset(
             "license": "CC0-1.0 (generated)",
         }
         (building / "dataset.json").write_text(json.dumps(description, indent=2))
+        building.chmod(0o755)  # mkdtemp makes it private
         os.replace(building, target)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)

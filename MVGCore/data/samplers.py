@@ -252,10 +252,12 @@ class InContextDataset(Dataset):
         return out
 
     def _synthesize(self, rng: np.random.Generator, prompt_case: StoredCase, query_case: StoredCase) -> dict:
-        sources = _synthesis_sources(prompt_case)
-        if prompt_case is not query_case:
-            shared = set(_synthesis_sources(query_case))
-            sources = [s for s in sources if s in shared]
+        sources = _synthesis_sources(query_case)
+        shared = [s for s in sources if s in _synthesis_sources(prompt_case)]
+        if len(shared) < 2:  # the other case lacks the channels: pair within the query's case
+            prompt_case = query_case
+        else:
+            sources = shared
         pairs = [(a, b) for a in sources for b in sources if a != b]
         source, target = pairs[rng.integers(len(pairs))]
         positions = _two_positions(

@@ -206,6 +206,7 @@ class StoreWriter:
             "dropped": self.dropped,
         }
         (self._building / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        self._building.chmod(0o755)  # mkdtemp makes it private
         os.replace(self._building, self.out)
         return self.out
 

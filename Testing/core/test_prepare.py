@@ -62,6 +62,25 @@ def test_cli_stores_every_slice_of_phantoms_exactly(phantom_root, tmp_path):
     assert any(case.foreground) and not all(case.foreground)  # phantom end slices have no classes
 
 
+def test_cli_takes_open_samples_from_the_open_samples_module(phantom_root, tmp_path, monkeypatch):
+    from MVGCore.data import open_samples
+    from MVGCore.data.sources import load_cases
+
+    asked = []
+
+    def fake_cases(sources=open_samples.DEFAULT_SOURCES):
+        asked.append(tuple(sources))
+        return load_cases(phantom_root)[:1]
+
+    monkeypatch.setattr(open_samples, "cases", fake_cases)
+    assert (
+        main(["--open-samples", "pyradiomics", "--out", str(tmp_path / "store"), "--size", "16", "--quiet"])
+        == 0
+    )
+    assert asked == [("pyradiomics",)]
+    assert [c.case_id for c in SliceStore(tmp_path / "store").cases] == ["phantom_000"]
+
+
 def test_segment_only_case_drops_blank_and_unlabelled_slices_with_reasons(tmp_path):
     out = prepare([_ct_case(tmp_path)], tmp_path / "store", size=16)
     store = SliceStore(out)

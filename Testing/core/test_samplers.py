@@ -35,14 +35,15 @@ def _blocks(rng: np.random.Generator, slices: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> SliceStore:
-    """Datasets "A" (3 cases, 2 channels, labels; channel c of class k is 0.1 + 0.2 k + 0.05 c) and
+    """Datasets "A" (3 cases, 2 channels, labels; class k in channel c of case a<n> is
+    0.1 + 0.2 k + 0.05 c + 0.02 n) and
     "B" (1 case, 1 channel, a degraded image with a stored clean target)."""
     rng = np.random.default_rng(0)
     out = tmp_path_factory.mktemp("stores") / "store"
     with StoreWriter(out, SIZE, 0) as writer:
         for case in range(3):
             labels = _blocks(rng, 6)
-            images = np.stack([0.1 + 0.2 * labels + 0.05 * c for c in range(2)], axis=1).astype(np.float32)
+            images = np.stack([0.1 + 0.2 * labels + 0.05 * c + 0.02 * case for c in range(2)], axis=1)
             writer.add_case(
                 f"a{case}",
                 "A",
@@ -111,12 +112,12 @@ def test_labels_follow_their_image_through_crops_and_flips(store):
         sample = dataset[index]
         for half in ("prompt", "query"):
             image, label = sample[f"{half}_image"], sample[f"{half}_target"]
-            channel_offset = image.min() - 0.1  # background is 0.1 + 0.05 c
+            offset = image.min() - 0.1  # background is 0.1 + 0.05 c + 0.02 n
             for k in np.unique(label):
                 # bilinear images blur across an edge by up to the zoom factor (< 2 here)
                 interior = ndimage.binary_erosion(label == k, iterations=2)
                 if interior.any():
-                    np.testing.assert_allclose(image[interior], 0.1 + 0.2 * k + channel_offset, atol=2e-3)
+                    np.testing.assert_allclose(image[interior], 0.1 + 0.2 * k + offset, atol=2e-3)
                     checked += 1
     assert checked > 40
 
@@ -170,6 +171,19 @@ def test_synthesis_maps_one_channel_to_the_other_of_the_same_slice(store):
             sources = _find(store, sample[f"{half}_image"])  # unlabelled slices look alike
             targets = _find(store, sample[f"{half}_target"])
             assert sources and any((case, position, 1 - c) in targets for case, position, c in sources)
+
+
+def test_cross_case_synthesis_pairs_the_same_channels_of_two_cases(store):
+    dataset = InContextDataset(
+        store, _only("synthesize", cross_case_prob=1.0, augment=NO_AUGMENT), length=10, seed=14
+    )
+    for index in range(10):
+        sample = dataset[index]
+        prompt = _find(store, sample["prompt_image"])
+        query = _find(store, sample["query_image"])
+        assert {case for case, *_ in query} == {sample["case_id"]}
+        assert prompt and sample["case_id"] not in {case for case, *_ in prompt}
+        assert {channel for *_, channel in prompt} == {channel for *_, channel in query}  # one direction
 
 
 def test_task_and_dataset_weights_set_the_mix(store):
