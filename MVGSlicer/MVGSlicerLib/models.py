@@ -132,25 +132,42 @@ def _user_file(path: Path) -> Path:
     return path
 
 
+def sidecar(weights: Path) -> Path:
+    """The JSON (config + sha256) MVGCore writes beside every weights file (MVGCore.checkpoint naming,
+    restated here because that module imports torch)."""
+    return weights.with_name(weights.name.removesuffix(MODEL_SUFFIX) + ".json")
+
+
 def import_weights(
     source: str | Path, registry: list[ModelEntry], models_dir: str | Path | None = None
 ) -> Path:
-    """Copy a weights file into the models folder, offline; registry files are checked by SHA-256.
+    """Copy a checkpoint (weights + JSON sidecar) into the models folder, offline.
 
     A file matching a registry entry's checksum is stored under that entry's file name; any other
     file keeps its name. An existing different file is never replaced: the copy gets a new name.
     """
     source = _user_file(Path(source))
+    if not sidecar(source).is_file():
+        raise FileNotFoundError(
+            f"{source.name} comes without {sidecar(source).name}: an MVG checkpoint is the pair "
+            f"X{MODEL_SUFFIX} + X.json (model configuration); put both in the same folder"
+        )
     models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
     models_dir.mkdir(parents=True, exist_ok=True)
     sha = file_sha256(source)
     entry = next((e for e in registry if e.sha256 == sha), None)
     target = models_dir / (entry.file if entry else source.name)
-    if target.exists():
-        if file_sha256(target) == sha:
+    if target.exists() or sidecar(target).exists():
+        if target.exists() and file_sha256(target) == sha and sidecar(target).is_file():
             return target
         target = target.with_name(f"{target.stem}-{sha[:8]}{MODEL_SUFFIX}")
-    handle, temporary = tempfile.mkstemp(dir=models_dir, suffix=".partial")
+    _atomic_copy(sidecar(source), sidecar(target))
+    _atomic_copy(source, target)
+    return target
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".partial")
     os.close(handle)
     try:
         shutil.copyfile(source, temporary)
@@ -158,4 +175,3 @@ def import_weights(
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-    return target

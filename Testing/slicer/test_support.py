@@ -118,15 +118,22 @@ def test_import_weights_offline_checks_sha_and_never_overwrites(tmp_path):
         models.resolve_model("MVG small", registry, models_dir, bundled)
     download = tmp_path / "download.safetensors"
     download.write_bytes(b"weights v1")
+    with pytest.raises(FileNotFoundError, match=r"comes without download\.json"):
+        models.import_weights(download, registry, models_dir)
+    (tmp_path / "download.json").write_text('{"config": {}}')
     stored = models.import_weights(download, registry, models_dir)
     assert stored == models_dir / "mvg_small.safetensors" and models.file_sha256(stored) == sha
+    assert (models_dir / "mvg_small.json").read_text() == '{"config": {}}'
     assert models.resolve_model("", registry, models_dir, bundled) == stored
     assert not list(models_dir.glob("*.partial"))
 
     other = tmp_path / "mvg_small.safetensors"
     other.write_bytes(b"my own fine-tuned weights")
+    (tmp_path / "mvg_small.json").write_text('{"config": {"depth": 2}}')
     kept = models.import_weights(other, registry, models_dir)
     assert kept != stored and stored.read_bytes() == b"weights v1" and kept.read_bytes() == other.read_bytes()
+    assert models.sidecar(kept).read_text() == '{"config": {"depth": 2}}'
+    assert (models_dir / "mvg_small.json").read_text() == '{"config": {}}'  # the first import is untouched
 
     stored.write_bytes(b"corrupted")
     with pytest.raises(ValueError, match="does not match the SHA-256"):
