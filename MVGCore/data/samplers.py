@@ -124,7 +124,9 @@ class InContextDataset(Dataset):
         self.config.validate()
         if length < 1:
             raise ValueError(f"length (samples per epoch) must be positive, got {length}")
-        unknown = set(self.config.datasets) - {case.dataset for case in self.store.cases}
+        # Checked against the whole store, so that a view of some of its cases (a train/validation
+        # split) accepts weights for datasets it happens not to contain.
+        unknown = set(self.config.datasets) - {case["dataset"] for case in self.store.manifest["cases"]}
         if unknown:
             raise ValueError(
                 f"sampler config names datasets not in store {self.store.path}: {sorted(unknown)}"

@@ -1,5 +1,6 @@
 """In-context samplers: agreed sample format, each task's construction, weights, determinism, workers."""
 
+import copy
 import subprocess
 import sys
 from collections import Counter
@@ -198,6 +199,15 @@ def test_task_and_dataset_weights_set_the_mix(store):
         s["dataset"] for s in InContextDataset(store, {"datasets": {"A": 0}}, length=50, seed=11)
     )
     assert counts == {"B": 50}
+
+
+def test_a_view_of_some_cases_accepts_weights_for_all_datasets_of_the_store(store):
+    view = copy.copy(store)
+    view.cases = [case for case in store.cases if case.dataset == "B"]
+    counts = Counter(
+        s["case_id"] for s in InContextDataset(view, {"datasets": {"A": 2.0, "B": 1.0}}, length=20)
+    )
+    assert set(counts) == {"b0"}
 
 
 def test_samples_are_a_pure_function_of_seed_epoch_and_index(store):
