@@ -82,6 +82,7 @@ def main(
 
 
 if __name__ == "__main__":
+    parse_args(sys.argv[1:])  # answer --help and usage errors before Slicer's scene is touched
     import slicer
 
     status = main(
