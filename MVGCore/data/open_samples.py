@@ -67,7 +67,7 @@ SOURCES: dict[str, SourceInfo] = {
     "mricron": SourceInfo(
         license="BSD-3-Clause (Debian mricron-data; copyright file in the cache folder)",
         description="Colin27 T1 (ch2, 1 mm; ch2better, 0.5 mm) with AAL and Brodmann atlas labels and "
-        "a brain mask from ch2bet; INIA19 macaque T1 with NeuroMaps labels",
+        "a brain mask from ch2bet; INIA19 macaque T1 (image tasks only)",
         obtained="apt-get download mricron-data; dpkg -x",
     ),
     "nilearn": SourceInfo(
@@ -107,7 +107,9 @@ _SAMPLES: dict[str, tuple[_Sample, ...]] = {
         _Sample("ch2_brodmann", "MR", "ch2.nii.gz", label="brodmann.nii.gz"),
         _Sample("ch2_brain", "MR", "ch2.nii.gz", label="ch2_brainmask.nii.gz"),
         _Sample("ch2better", "MR", "ch2better.nii.gz"),
-        _Sample("inia19_neuromaps", "MR", "inia19-t1-brain.nii.gz", label="inia19-NeuroMaps.nii.gz"),
+        # NeuroMaps has 725 distinct region ids, more than an 8-bit label store or one canvas can
+        # color, so INIA19 serves the image tasks only.
+        _Sample("inia19", "MR", "inia19-t1-brain.nii.gz"),
     ),
     "nilearn": (_Sample("mni152_tissue", "MR", "mni152_t1.nii.gz", label="mni152_tissue.nii.gz"),),
     "pydicom-data": (
