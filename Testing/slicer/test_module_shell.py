@@ -1,0 +1,125 @@
+"""MVGSlicer.py's Logic facade and its in-Slicer self-test, run against slicer-core.
+
+slicer-core has MRML but not Slicer's GUI framework, so the few GUI-side names the module imports
+(qt, ScriptedLoadableModule bases, parameterNodeWrapper, i18n) are replaced by minimal stand-ins;
+everything the Logic and MVGSlicerTest do on the scene is real. The Widget is not exercised here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+from MVGSlicerLib import mrml_io
+from MVGSlicerLib.simple_engine import SimpleEngine
+
+MODULE_FILE = Path(__file__).resolve().parents[2] / "MVGSlicer" / "MVGSlicer.py"
+
+
+def _gui_stand_ins() -> dict[str, types.ModuleType]:
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr = lambda text: text
+    i18n.translate = lambda _context, text: text
+
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+
+    class Choice:
+        def __init__(self, choices):
+            self.choices = choices
+
+    wrapper.Choice = Choice
+    wrapper.parameterNodeWrapper = lambda cls: cls
+
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+
+    class Base:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    class Test(unittest.TestCase):
+        def delayDisplay(self, message):
+            pass
+
+    scripted.ScriptedLoadableModule = Base
+    scripted.ScriptedLoadableModuleWidget = Base
+    scripted.ScriptedLoadableModuleLogic = Base
+    scripted.ScriptedLoadableModuleTest = Test
+    return {
+        "qt": types.ModuleType("qt"),
+        "slicer.i18n": i18n,
+        "slicer.parameterNodeWrapper": wrapper,
+        "slicer.ScriptedLoadableModule": scripted,
+    }
+
+
+@pytest.fixture
+def mvgslicer(mrml, monkeypatch):
+    for name, stand_in in _gui_stand_ins().items():
+        monkeypatch.setitem(sys.modules, name, stand_in)
+    monkeypatch.setattr(slicer, "mrmlScene", mrml.scene, raising=False)
+    modules = types.SimpleNamespace(
+        volumes=types.SimpleNamespace(logic=lambda: mrml.volumes),
+        segmentations=types.SimpleNamespace(logic=lambda: mrml.segmentations),
+    )
+    monkeypatch.setattr(slicer, "modules", modules, raising=False)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: None), raising=False)
+    monkeypatch.syspath_prepend(str(MODULE_FILE.parent))
+    monkeypatch.delitem(sys.modules, "MVGSlicer", raising=False)
+    return importlib.import_module("MVGSlicer")
+
+
+def test_self_test_passes(mvgslicer):
+    result = unittest.TextTestRunner(verbosity=0).run(
+        unittest.TestSuite(
+            [
+                mvgslicer.MVGSlicerTest("test_SegmentFromPromptSlices"),
+                mvgslicer.MVGSlicerTest("test_WorkerRunAndCancel"),
+            ]
+        )
+    )
+    assert result.testsRun == 2 and result.wasSuccessful(), result.failures + result.errors
+
+
+def test_logic_console_api_and_files(mvgslicer, mrml, tmp_path):
+    logic = mvgslicer.MVGSlicerLogic(engine=SimpleEngine())
+    grid = np.diag([-0.8, -1.0, 2.0, 1.0])
+    image = np.random.default_rng(2).normal(size=(5, 7, 8)).astype(np.float32)
+    volume = mrml_io.add_volume_from_array(mrml.scene, image, grid, "ct")
+    prompts = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "prompts")
+    prompts.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    organ = prompts.GetSegmentation().AddEmptySegment("organ", "organ", [0.2, 0.9, 0.3])
+    painted = np.zeros(image.shape, np.uint8)
+    painted[3, 2:5, 1:6] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(painted, prompts, organ, volume)
+
+    seg = logic.segment(volume, prompts)  # every painted slice (just k = 3) is a prompt
+    assert np.array_equal(mrml_io.segment_mask(seg, organ, volume), np.repeat(painted[3:4] > 0, 5, axis=0))
+    assert logic.denoise(volume).GetName() == "ct MVG denoise"
+    assert logic.inpaint(volume, prompts, organ).GetName() == "ct MVG inpaint"
+    target = mrml_io.add_volume_from_array(mrml.scene, 3 * image, grid, "t2")
+    assert np.allclose(
+        mrml_io.array_from_volume(logic.synthesize(volume, target, [0, 4])), 3 * image, atol=1e-4
+    )
+
+    from MVGSlicerLib import batch
+
+    input_path = batch.save_node(volume, tmp_path / "ct.nrrd")
+    prompts_path = batch.save_node(prompts, tmp_path / "prompts.seg.nrrd")
+    out = logic.processFile("Segment", input_path, tmp_path / "out.seg.nrrd", promptsPath=prompts_path)
+    assert out.is_file()
+
+
+def test_logic_without_model_explains_what_is_missing(mvgslicer, monkeypatch):
+    logic = mvgslicer.MVGSlicerLogic()
+    monkeypatch.setattr(mvgslicer.install, "missing_requirements", lambda: [])
+    with pytest.raises(FileNotFoundError, match="no bundled MVG model"):
+        logic.engine("", "cpu")
+    monkeypatch.setattr(mvgslicer.install, "missing_requirements", lambda: [mvgslicer.install.TORCH])
+    with pytest.raises(RuntimeError, match=r"missing Python packages: torch>=2\.4,<3"):
+        logic.engine("", "cpu")
