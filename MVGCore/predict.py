@@ -438,7 +438,7 @@ class Predictor:
 
         rng = np.random.default_rng(opts.seed)
         examples = []
-        for position in _evenly_spaced(list(range(volume.shape[axis])), opts.auto_prompts):
+        for position in evenly_spaced(list(range(volume.shape[axis])), opts.auto_prompts):
             clean = self._tile(in_range.normalize(take_slice(volume, axis, position)), False, spacing)
             r, c = fit.offset
             content = clean[r : r + fit.content[0], c : c + fit.content[1]]
@@ -474,7 +474,7 @@ class Predictor:
                 f"{axis} to make prompts from; give prompts instead"
             )
         examples = []
-        for position in _evenly_spaced(candidates, opts.auto_prompts):
+        for position in evenly_spaced(candidates, opts.auto_prompts):
             donor = int(with_hole[np.argmin(np.abs(with_hole - position))])
             cut = self._tile(take_slice(hole, axis, donor).astype(np.uint8), True, spacing).astype(bool)
             clean = self._tile(in_range.normalize(take_slice(volume, axis, position)), False, spacing)
@@ -771,7 +771,7 @@ def _kept_targets(prompts: Sequence[Prompt], shape: tuple[int, ...], axis: int) 
     return kept
 
 
-def _evenly_spaced(candidates: list[int], count: int) -> list[int]:
+def evenly_spaced(candidates: list[int], count: int) -> list[int]:
     """Up to ``count`` entries of ``candidates`` spread evenly, avoiding the two ends when possible."""
     if len(candidates) <= count:
         return list(candidates)

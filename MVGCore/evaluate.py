@@ -1,0 +1,488 @@
+"""``python -m MVGCore.evaluate``: the model and classical baselines on the same cases, prompts and seeds.
+
+For every case and task a *trial* is made once: the prompt slices (evenly spaced among the slices
+that can serve), the degraded input (noise / holes drawn from ``(seed, case number)``) and the
+reference. Every method then answers that same trial. Prompt slices are returned unchanged by
+every method, so they are left out of the scores. Writes, into a new folder:
+
+- ``cases/<dataset>__<case>__<task>.json``: prompts, seed and each method's metrics and seconds;
+- ``figures/<dataset>__<case>__<task>.png``: prompt, query, each method's answer, truth;
+- ``summary.json`` and ``summary.md`` (mean ± std over cases); the table is printed last.
+
+Example::
+
+    python -m MVGCore.evaluate --checkpoint mvg.safetensors --data /data/Dataset027_ACDC \\
+        --baselines classical --out runs/eval_acdc --k-prompts 3 --ensemble average feature
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import atomic_write
+from .data.sources import TASKS, Case
+from .degrade import HOLE_MODELS, NOISE_MODELS, add_noise, make_hole
+from .figures import Panel, montage
+from .intensity import IntensityRange, intensity_range
+from .metrics import dice_per_class, hd95, psnr, ssim, summarize
+from .predict import ENSEMBLES, evenly_spaced
+from .slicewise import check_axis, put_slice, take_slice
+from .types import CancelToken, Prompt
+
+log = logging.getLogger(__name__)
+
+METRICS = {
+    "segment": ("dice", "hd95"),
+    "denoise": ("psnr", "ssim"),
+    "inpaint": ("psnr", "ssim", "psnr_hole", "ssim_hole"),
+    "synthesize": ("psnr", "ssim"),
+}
+"""Dice: mean over foreground classes; HD95 in mm; PSNR/SSIM on [0, 1]-scaled images."""
+BLANK_CONTRAST = 0.01
+"""Slices whose normalised values span less than this cannot serve as image-task prompts."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every method is asked, identically: tasks, prompt count, slice axis, degradation, seed."""
+
+    tasks: tuple[str, ...] = TASKS
+    n_prompts: int = 3
+    axis: int = 0
+    seed: int = 0
+    noise: str = "gaussian"
+    noise_level: float = 0.05
+    hole: str = "box"
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {TASKS}, got {self.tasks}")
+        if self.n_prompts < 1:
+            raise ValueError(f"n_prompts must be at least 1, got {self.n_prompts}")
+        check_axis(self.axis)
+        if self.noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {sorted(NOISE_MODELS)}, got {self.noise!r}")
+        if self.hole not in HOLE_MODELS:
+            raise ValueError(f"hole must be one of {HOLE_MODELS}, got {self.hole!r}")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named predictor (``Predictor`` or ``ClassicalBaseline``) and the options it is called with.
+
+    ``model`` methods also get each case's voxel spacing and modality as options.
+    """
+
+    name: str
+    runner: Any
+    options: dict[str, Any] = field(default_factory=dict)
+    model: bool = False
+
+
+@dataclass
+class Trial:
+    """One case and task, prepared once so every method answers exactly the same question.
+
+    ``inputs`` are the arguments after the prompts' volume (hole mask for inpainting); ``scale``
+    maps outputs to [0, 1] for image metrics; ``truth`` is labels or the [0, 1] reference.
+    """
+
+    case: Case
+    task: str
+    volume: np.ndarray
+    prompts: list[Prompt]
+    truth: np.ndarray
+    spacing_kji: tuple[float, float, float]
+    modality: str
+    scale: IntensityRange | None = None
+    hole: np.ndarray | None = None
+    target_modality: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.case.dataset}__{self.case.case_id}__{self.task}"
+
+    @property
+    def prompt_slices(self) -> list[int]:
+        return [p.index for p in self.prompts]
+
+
+# ---------------------------------------------------------------- trials
+
+
+def make_trial(case: Case, task: str, settings: Settings, case_number: int) -> Trial | None:
+    """The trial of ``task`` on ``case``, or None when the case cannot pose it (logged)."""
+    from .io import read_volume
+
+    axis = settings.axis
+    image = read_volume(case.images[0])
+    spacing = image.geometry.spacing_kji
+    volume, modality = image.array, case.modalities[0]
+    rng = np.random.default_rng([settings.seed, case_number])
+    if task == "segment":
+        label = read_volume(case.label).array
+        slices = _serving(label != 0, axis)
+        if len(slices) < 2:
+            log.warning("%s: segment needs 2+ labelled slices along axis %d; skipped", case.case_id, axis)
+            return None
+        chosen = _choose(slices, settings.n_prompts)
+        prompts = [Prompt.from_volume(volume, i, take_slice(label, axis, i), axis) for i in chosen]
+        return Trial(case, task, volume, prompts, label, spacing, modality)
+    if task == "synthesize":
+        if len(case.images) > 1:
+            target, target_modality = read_volume(case.images[1]).array, case.modalities[1]
+        else:
+            target, target_modality = read_volume(case.target).array, case.modalities[0]
+        scale = intensity_range(target, target_modality)
+        chosen = _choose(_serving(_contrast(scale.normalize(target), axis), axis), settings.n_prompts)
+        prompts = [
+            Prompt.from_volume(volume, i, take_slice(target, axis, i).astype(np.float32), axis)
+            for i in chosen
+        ]
+        return Trial(
+            case, task, volume, prompts, scale.normalize(target), spacing, modality, scale,
+            target_modality=target_modality,
+        )  # fmt: skip
+    scale = intensity_range(volume, modality)
+    clean = scale.normalize(volume)
+    chosen = _choose(_serving(_contrast(clean, axis), axis), settings.n_prompts)
+    if task == "denoise":
+        degraded = np.empty_like(clean)
+        for index in range(volume.shape[axis]):
+            noisy = add_noise(take_slice(clean, axis, index), settings.noise, settings.noise_level, rng)
+            put_slice(degraded, axis, index, noisy)
+        hole = None
+    else:
+        hole = np.zeros(volume.shape, dtype=bool)
+        degraded = clean.copy()
+        for index in range(volume.shape[axis]):
+            plane_hole = make_hole(settings.hole, take_slice(clean, axis, index).shape, rng)
+            put_slice(hole, axis, index, plane_hole)
+        degraded[hole] = 0.0
+    degraded = scale.denormalize(degraded)
+    prompts = [
+        Prompt.from_volume(degraded, i, scale.denormalize(take_slice(clean, axis, i)), axis) for i in chosen
+    ]
+    return Trial(case, task, degraded, prompts, clean, spacing, modality, scale, hole)
+
+
+def _contrast(normalised: np.ndarray, axis: int) -> np.ndarray:
+    """Per-voxel mask that is True everywhere on slices with contrast (so ``_serving`` finds them)."""
+    other = tuple(a for a in range(3) if a != axis)
+    keep = np.ptp(normalised, axis=other) >= BLANK_CONTRAST
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return np.broadcast_to(keep.reshape(shape), normalised.shape)
+
+
+def _serving(mask: np.ndarray, axis: int) -> list[int]:
+    other = tuple(a for a in range(3) if a != axis)
+    return np.flatnonzero(np.any(mask, axis=other)).tolist()
+
+
+def _choose(candidates: list[int], count: int) -> list[int]:
+    if not candidates:
+        raise ValueError("no slice can serve as a prompt (all blank or unlabelled)")
+    return evenly_spaced(candidates, count)
+
+
+# ---------------------------------------------------------------- running and scoring
+
+
+def run_method(method: Method, trial: Trial, axis: int, cancel: CancelToken | None = None) -> np.ndarray:
+    """``method``'s answer to ``trial`` (labels, or an image in the input's / target's units)."""
+    options = dict(method.options)
+    if method.model:
+        options.update(spacing=trial.spacing_kji, modality=trial.modality)
+        if trial.target_modality is not None:
+            options["target_modality"] = trial.target_modality
+    run = getattr(method.runner, trial.task)
+    if trial.task == "inpaint":
+        return run(trial.volume, trial.hole, trial.prompts, axis, cancel=cancel, **options)
+    return run(trial.volume, trial.prompts, axis, cancel=cancel, **options)
+
+
+def score(trial: Trial, output: np.ndarray, axis: int) -> dict[str, float]:
+    """Metrics of ``output`` on the slices that were not prompts (those are returned as given)."""
+    keep = [i for i in range(trial.volume.shape[axis]) if i not in trial.prompt_slices]
+    truth = np.take(trial.truth, keep, axis=axis)
+    if trial.task == "segment":
+        pred = np.take(output, keep, axis=axis)
+        dice = [v for v in dice_per_class(pred, truth).values() if math.isfinite(v)]
+        return {
+            "dice": float(np.mean(dice)) if dice else float("nan"),
+            "hd95": hd95(pred, truth, trial.spacing_kji),
+        }
+    pred = trial.scale.normalize(np.take(output, keep, axis=axis))
+    if axis:  # SSIM runs over 2D slices along the first array axis
+        pred, truth = np.moveaxis(pred, axis, 0), np.moveaxis(truth, axis, 0)
+    scores = {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth)}
+    if trial.task == "inpaint":
+        hole = np.take(trial.hole, keep, axis=axis)
+        hole = np.moveaxis(hole, axis, 0) if axis else hole
+        scores.update(psnr_hole=psnr(pred, truth, mask=hole), ssim_hole=ssim(pred, truth, mask=hole))
+    return scores
+
+
+def evaluate(
+    cases: Sequence[Case],
+    methods: Sequence[Method],
+    out: str | Path,
+    settings: Settings = Settings(),
+    cancel: CancelToken | None = None,
+) -> list[dict[str, Any]]:
+    """Run every method on every (case, task) trial; write the report into the new folder ``out``.
+
+    Returns the per-trial records (as written to ``cases/*.json``).
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new folder for the report")
+    if not methods:
+        raise ValueError("evaluate needs at least one method")
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method names must be unique, got {names}")
+    records = []
+    for number, case in enumerate(cases):
+        for task in (t for t in settings.tasks if t in case.tasks):
+            trial = make_trial(case, task, settings, number)
+            if trial is None:
+                continue
+            outputs, record = {}, _record(trial, settings)
+            for method in methods:
+                start = time.perf_counter()
+                outputs[method.name] = run_method(method, trial, settings.axis, cancel)
+                seconds = time.perf_counter() - start
+                record["methods"][method.name] = {
+                    **score(trial, outputs[method.name], settings.axis),
+                    "seconds": seconds,
+                }
+            log.info("%s: %s", trial.name, _one_line(record))
+            _write_json(out / "cases" / f"{trial.name}.json", record)
+            montage([_panels(trial, outputs, settings.axis)], out / "figures" / f"{trial.name}.png")
+            records.append(record)
+    if not records:
+        raise ValueError("no case could pose any of the tasks asked for; nothing was evaluated")
+    table = summary_table(records, names)
+    _write_json(out / "summary.json", {"settings": asdict(settings), "summary": _summary(records, names)})
+    atomic_write(out / "summary.md", lambda temp: Path(temp).write_text(table + "\n"))
+    return records
+
+
+def _record(trial: Trial, settings: Settings) -> dict[str, Any]:
+    return {
+        "case": trial.case.case_id,
+        "dataset": trial.case.dataset,
+        "task": trial.task,
+        "axis": settings.axis,
+        "seed": settings.seed,
+        "prompt_slices": trial.prompt_slices,
+        "methods": {},
+    }
+
+
+def _one_line(record: dict[str, Any]) -> str:
+    parts = []
+    for name, values in record["methods"].items():
+        parts.append(name + " " + " ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "seconds"))
+    return "; ".join(parts)
+
+
+def _summary(records: list[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{task: {method: {metric: Summary as dict}}} over the cases of each task."""
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    for task in TASKS:
+        rows = [r for r in records if r["task"] == task]
+        if not rows:
+            continue
+        result[task] = {
+            name: {
+                metric: asdict(summarize(r["methods"][name][metric] for r in rows))
+                for metric in (*METRICS[task], "seconds")
+            }
+            for name in names
+        }
+    return result
+
+
+def summary_table(records: list[dict[str, Any]], names: Sequence[str]) -> str:
+    """Markdown: one table per task, one row per method, mean ± std (n cases) per metric.
+
+    Non-finite values are not averaged but counted: "+2 inf" means two cases had an infinite HD95
+    (a structure missed or invented) and "+1 nan" one case with nothing to score.
+    """
+    lines = []
+    for task, methods in _summary(records, names).items():
+        metrics = (*METRICS[task], "seconds")
+        lines += [
+            f"### {task}",
+            "",
+            "| method | " + " | ".join(metrics) + " |",
+            "|---" * (len(metrics) + 1) + "|",
+        ]
+        for name, values in methods.items():
+            cells = [_cell(values[m]) for m in metrics]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _cell(summary: dict[str, Any]) -> str:
+    text = "n/a" if summary["n"] == 0 else f"{summary['mean']:.4g} ± {summary['std']:.2g} (n={summary['n']})"
+    extra = [f"+{summary[key]} {key[2:]}" for key in ("n_inf", "n_nan") if summary[key]]
+    return " ".join([text, *extra])
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON has no NaN/inf: NaN becomes null and ±inf the strings "inf"/"-inf"."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    text = json.dumps(_jsonable(data), indent=2, allow_nan=False)
+    atomic_write(path, lambda temp: Path(temp).write_text(text))
+
+
+def _panels(trial: Trial, outputs: dict[str, np.ndarray], axis: int) -> list[Panel]:
+    """Prompt, query, each method's answer and the truth on the most telling scored slice."""
+    scored = [i for i in range(trial.volume.shape[axis]) if i not in trial.prompt_slices]
+    if trial.task == "segment":
+        query = max(scored, key=lambda i: int(np.count_nonzero(take_slice(trial.truth, axis, i))))
+    elif trial.task == "inpaint":
+        query = max(scored, key=lambda i: int(np.count_nonzero(take_slice(trial.hole, axis, i))))
+    else:
+        query = scored[len(scored) // 2]
+    prompt = min(trial.prompts, key=lambda p: abs(p.index - query))
+    display = _display_range(trial)
+    query_image = display.normalize(take_slice(trial.volume, axis, query))
+    if trial.task == "segment":
+        panels = [
+            Panel("prompt", display.normalize(prompt.image), np.asarray(prompt.target)),
+            Panel("query", query_image),
+        ]
+        panels += [Panel(n, query_image, take_slice(o, axis, query)) for n, o in outputs.items()]
+        return [*panels, Panel("truth", query_image, take_slice(trial.truth, axis, query))]
+    panels = [
+        Panel("prompt in", display.normalize(prompt.image)),
+        Panel("prompt out", trial.scale.normalize(prompt.target)),
+        Panel("query", query_image),
+    ]
+    panels += [Panel(n, trial.scale.normalize(take_slice(o, axis, query))) for n, o in outputs.items()]
+    return [*panels, Panel("truth", take_slice(trial.truth, axis, query))]
+
+
+def _display_range(trial: Trial) -> IntensityRange:
+    if trial.scale is not None and trial.task != "synthesize":
+        return trial.scale
+    return intensity_range(trial.volume, trial.modality)
+
+
+# ---------------------------------------------------------------- CLI
+
+BASELINES = {
+    "classical": {},
+    "classical-affine": {"registration": "affine"},
+    "classical-bm3d": {"use_bm3d": True},
+}
+"""Baseline names for ``--baselines`` -> ``ClassicalBaseline`` settings."""
+
+
+def build_methods(
+    predictor: Any, baselines: Sequence[str], k_prompts: int = 1, ensembles: Sequence[str] = ("average",)
+) -> list[Method]:
+    """The model once per ensemble mode ("mvg" when there is one, else "mvg-<mode>") and the baselines."""
+    from .baselines import ClassicalBaseline
+
+    for ensemble in ensembles:
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+    if len(ensembles) > 1 and k_prompts < 2:
+        raise ValueError("comparing ensembles needs k_prompts >= 2 (with one prompt they are identical)")
+    methods = []
+    if predictor is not None:
+        for ensemble in ensembles:
+            name = "mvg" if len(ensembles) == 1 else f"mvg-{ensemble}"
+            methods.append(
+                Method(name, predictor, {"k_prompts": k_prompts, "ensemble": ensemble}, model=True)
+            )
+    for name in baselines:
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+        methods.append(Method(name, ClassicalBaseline(**BASELINES[name])))
+    return methods
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .data.sources import load_cases, validate_cases
+    from .predict import Predictor
+
+    parser = argparse.ArgumentParser(prog="python -m MVGCore.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, help="model .safetensors (omit to run baselines only)")
+    parser.add_argument(
+        "--data", action="append", required=True, type=Path, help="dataset or manifest (repeatable)"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="new folder for the report")
+    parser.add_argument(
+        "--baselines", nargs="*", default=[], choices=sorted(BASELINES), help="baselines to run"
+    )
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--prompts", type=int, default=3, help="prompt slices per case (default 3)")
+    parser.add_argument("--k-prompts", type=int, default=1, help="prompts the model sees per query slice")
+    parser.add_argument(
+        "--ensemble", nargs="+", default=["average"], choices=ENSEMBLES, help="give both to compare"
+    )
+    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2))
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and holes")
+    parser.add_argument("--noise", default="gaussian", choices=sorted(NOISE_MODELS))
+    parser.add_argument(
+        "--noise-level", type=float, default=0.05, help="level of --noise (see MVGCore.degrade)"
+    )
+    parser.add_argument("--hole", default="box", choices=HOLE_MODELS)
+    parser.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--allow-pickle", action="store_true", help="allow a trusted pickle checkpoint")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.checkpoint is None and not args.baselines:
+        parser.error("give --checkpoint and/or --baselines")
+    settings = Settings(
+        tasks=tuple(args.tasks), n_prompts=args.prompts, axis=args.axis, seed=args.seed,
+        noise=args.noise, noise_level=args.noise_level, hole=args.hole,
+    )  # fmt: skip
+    cases = [case for path in args.data for case in load_cases(path)]
+    cases = validate_cases(cases, require_foreground=False)[: args.max_cases]
+    predictor = None
+    if args.checkpoint is not None:
+        predictor = Predictor.from_checkpoint(
+            args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, batch_size=args.batch_size
+        )
+    methods = build_methods(predictor, args.baselines, args.k_prompts, args.ensemble)
+    records = evaluate(cases, methods, args.out, settings)
+    log.info("report written to %s", args.out)
+    print(summary_table(records, [m.name for m in methods]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
