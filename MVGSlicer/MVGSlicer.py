@@ -475,11 +475,13 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         )
 
 
-def _installTorchWithPyTorchUtils(spec: str) -> None:
+def _installTorchWithPyTorchUtils(torchSpec: str, torchvisionSpec: str) -> None:
     import PyTorchUtils
 
     torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-        askConfirmation=False, torchVersionRequirement=spec[len("torch") :]
+        askConfirmation=False,
+        torchVersionRequirement=torchSpec.removeprefix("torch"),
+        torchvisionVersionRequirement=torchvisionSpec.removeprefix("torchvision"),
     )
     if torch is None:
         raise RuntimeError(_("PyTorch was not installed; see the Python console for the PyTorch Utils log."))

@@ -144,7 +144,7 @@ def test_import_weights_offline_checks_sha_and_never_overwrites(tmp_path):
         models.resolve_model(str(pickle), registry, models_dir, bundled)
 
 
-def test_install_puts_torch_first_through_pytorchutils_and_verifies():
+def test_install_puts_torch_and_torchvision_first_through_pytorchutils_and_verifies():
     installed: set[str] = {"numpy"}
     calls = []
 
@@ -155,19 +155,46 @@ def test_install_puts_torch_first_through_pytorchutils_and_verifies():
         calls.append(("pip", spec))
         installed.add(next(r.module for r in install.REQUIREMENTS if r.spec == spec))
 
-    def install_torch(spec):
-        calls.append(("pytorchutils", spec))
-        installed.add("torch")
+    def install_torch(torch_spec, torchvision_spec):
+        calls.append(("pytorchutils", torch_spec, torchvision_spec))
+        installed.update({"torch", "torchvision"})
 
     missing = install.missing_requirements(find_spec=find_spec)
-    assert [r.module for r in missing] == ["torch", "timm", "safetensors", "scipy", "skimage", "yaml"]
+    assert [r.module for r in missing] == [
+        "torch",
+        "torchvision",
+        "timm",
+        "safetensors",
+        "scipy",
+        "skimage",
+        "yaml",
+    ]
     assert "PyTorch Utils" in install.consent_message(missing, torch_via_pytorchutils=True)
     install.install_missing(
         missing[::-1], pip_install, install_torch, log=lambda _m: None, find_spec=find_spec
     )
-    assert calls[0] == ("pytorchutils", "torch>=2.4,<3") and len(calls) == len(missing)
-    assert all("==" not in spec and ",<" in spec for _, spec in calls)  # lower bound + major ceiling
+    assert calls[0] == ("pytorchutils", "torch>=2.4,<3", "torchvision>=0.19,<1")
+    assert [c[1] for c in calls[1:]] == [r.spec for r in missing[:1:-1]]  # the rest by pip, torch never
+    assert all("==" not in spec and ",<" in spec for call in calls for spec in call[1:])  # bounds + ceilings
     assert install.missing_requirements(find_spec=find_spec) == []
+
+
+def test_install_without_pytorchutils_pips_torch_with_torchvision():
+    installed: set[str] = set()
+    calls = []
+
+    def pip_install(spec):
+        calls.append(spec)
+        installed.update(name.split(">")[0] for name in spec.split())
+
+    install.install_missing(
+        [install.TORCHVISION],
+        pip_install,
+        None,
+        log=lambda _m: None,
+        find_spec=lambda m: m in installed or None,
+    )
+    assert calls == ["torch>=2.4,<3 torchvision>=0.19,<1"]
 
 
 def test_install_reports_packages_that_stay_missing():
