@@ -306,15 +306,16 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:  # shown to the user; the scene is untouched
             self.onRunFailed(error)
             return
-        node = self.logic.writeResult(job, result)
         self.showDevice(device)
-        self.ui.statusLabel.text = _("Done: created '{name}'.").format(name=node.GetName())
-        if job.task != "Segment":
-            slicer.util.setSliceViewerLayers(background=node, fit=False)
+        with slicer.util.tryWithErrorDisplay(_("Could not store the result."), waitCursor=True):
+            node = self.logic.writeResult(job, result)  # fails cleanly if the input was deleted meanwhile
+            self.ui.statusLabel.text = _("Done: created '{name}'.").format(name=node.GetName())
+            if job.task != "Segment":
+                slicer.util.setSliceViewerLayers(background=node, fit=False)
 
     def onRunFailed(self, error: Exception) -> None:
         self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
-        if is_out_of_memory(error) and self._parameterNode.device != "cpu":
+        if is_out_of_memory(error) and self._parameterNode and self._parameterNode.device != "cpu":
             self.logic.releaseGpuMemory()
             if slicer.util.confirmYesNoDisplay(
                 _(
