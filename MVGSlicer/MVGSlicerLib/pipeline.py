@@ -68,13 +68,12 @@ class Job:
         return result
 
 
-def prompt_segment_ids(segmentation_node: Any, exclude: Sequence[str] = ()) -> list[str]:
+def prompt_segment_ids(segmentation_node: Any) -> list[str]:
     """The segments used as prompt labels, in the segmentation's order (label n + 1 = n-th)."""
     if segmentation_node is None:
         raise ValueError("no prompt segmentation selected: paint the structures in a segmentation first")
     segmentation = segmentation_node.GetSegmentation()
     ids = [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
-    ids = [i for i in ids if i not in exclude]
     if not ids:
         raise ValueError(
             f"segmentation '{segmentation_node.GetName()}' has no segments to use as prompt labels"
