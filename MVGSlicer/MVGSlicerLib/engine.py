@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -17,6 +17,8 @@ from MVGCore.types import CancelToken, ProgressFn, Prompt
 
 
 class Engine(Protocol):
+    """``options`` are the Predictor's keyword options; the module passes ``spacing`` ((k, j, i) mm)."""
+
     device: str
 
     def segment(
@@ -27,6 +29,7 @@ class Engine(Protocol):
         *,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        **options: Any,
     ) -> np.ndarray: ...
 
     def denoise(
@@ -37,6 +40,7 @@ class Engine(Protocol):
         *,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        **options: Any,
     ) -> np.ndarray: ...
 
     def inpaint(
@@ -48,6 +52,7 @@ class Engine(Protocol):
         *,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        **options: Any,
     ) -> np.ndarray: ...
 
     def synthesize(
@@ -58,6 +63,7 @@ class Engine(Protocol):
         *,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        **options: Any,
     ) -> np.ndarray: ...
 
 

@@ -34,6 +34,7 @@ class Job:
     hole_mask: np.ndarray | None = None
     segmentation_node: Any = None  # where output segments take names, colors and terminology from
     segment_ids: list[str] = field(default_factory=list)
+    spacing: tuple[float, float, float] | None = None  # (k, j, i) mm: slices are fitted by physical size
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -48,6 +49,8 @@ class Job:
     ) -> np.ndarray:
         """Run the engine; safe on a worker thread because it touches no MRML."""
         kwargs = {"progress": progress, "cancel": cancel}
+        if self.spacing is not None:
+            kwargs["spacing"] = self.spacing
         if self.task == "Segment":
             result = engine.segment(self.image, self.prompts, self.axis, **kwargs)
         elif self.task == "Denoise":
@@ -64,7 +67,8 @@ class Job:
         if self.task == "Segment":
             result = result.astype(np.uint16)
             for prompt in self.prompts:  # the user's painted labels are ground truth, kept as given
-                put_slice(result, self.axis, prompt.index, prompt.target)
+                if prompt.index is not None:
+                    put_slice(result, self.axis, prompt.index, prompt.target)
         return result
 
 
@@ -96,12 +100,21 @@ def segment_job(
         prompt_indices = prompts.painted_indices(labels, axis)
     pairs = prompts.segmentation_prompts(image, labels, prompt_indices, axis)
     return Job(
-        "Segment", volume_node, image, axis, pairs, segmentation_node=segmentation_node, segment_ids=ids
+        "Segment",
+        volume_node,
+        image,
+        axis,
+        pairs,
+        segmentation_node=segmentation_node,
+        segment_ids=ids,
+        spacing=_spacing(volume_node),
     )
 
 
 def denoise_job(volume_node: Any, axis: int = 0) -> Job:
-    return Job("Denoise", volume_node, mrml_io.array_from_volume(volume_node), axis)
+    return Job(
+        "Denoise", volume_node, mrml_io.array_from_volume(volume_node), axis, spacing=_spacing(volume_node)
+    )
 
 
 def inpaint_job(volume_node: Any, segmentation_node: Any, hole_segment_id: str, axis: int = 0) -> Job:
@@ -113,7 +126,8 @@ def inpaint_job(volume_node: Any, segmentation_node: Any, hole_segment_id: str, 
         raise ValueError(
             f"the hole segment '{hole_segment_id}' is empty on the grid of '{volume_node.GetName()}'"
         )
-    return Job("Inpaint", volume_node, mrml_io.array_from_volume(volume_node), axis, hole_mask=hole)
+    image = mrml_io.array_from_volume(volume_node)
+    return Job("Inpaint", volume_node, image, axis, hole_mask=hole, spacing=_spacing(volume_node))
 
 
 def synthesize_job(source_node: Any, target_node: Any, prompt_indices: Sequence[int], axis: int = 0) -> Job:
@@ -133,7 +147,11 @@ def synthesize_job(source_node: Any, target_node: Any, prompt_indices: Sequence[
             "resample it onto the input first (module 'Resample Scalar/Vector/DWI Volume')"
         )
     pairs = prompts.paired_prompts(source, target, prompt_indices, axis)
-    return Job("Synthesize", source_node, source, axis, pairs)
+    return Job("Synthesize", source_node, source, axis, pairs, spacing=_spacing(source_node))
+
+
+def _spacing(volume_node: Any) -> tuple[float, float, float]:
+    return mrml_io.geometry_from_volume(volume_node).spacing_kji
 
 
 def write_result(scene: Any, job: Job, result: np.ndarray, name: str | None = None) -> Any:

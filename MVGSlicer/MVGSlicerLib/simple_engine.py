@@ -10,6 +10,7 @@ intensity map to the prompt pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,8 @@ from MVGCore.types import CancelToken, ProgressFn, Prompt
 
 
 class SimpleEngine:
+    """Accepts the Predictor's keyword ``options`` (e.g. spacing) and ignores them: it works per voxel."""
+
     device = "cpu"
 
     def segment(
@@ -28,6 +31,7 @@ class SimpleEngine:
         *,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        **options: Any,
     ) -> np.ndarray:
         located = _located(prompts)
 
@@ -44,6 +48,7 @@ class SimpleEngine:
         *,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        **options: Any,
     ) -> np.ndarray:
         last = image.shape[axis] - 1
 
@@ -62,6 +67,7 @@ class SimpleEngine:
         *,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        **options: Any,
     ) -> np.ndarray:
         if hole_mask.shape != image.shape:
             raise ValueError(f"hole_mask shape {hole_mask.shape} differs from image shape {image.shape}")
@@ -83,6 +89,7 @@ class SimpleEngine:
         *,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        **options: Any,
     ) -> np.ndarray:
         if not prompts:
             raise ValueError("synthesis needs at least one prompt pair")

@@ -247,3 +247,20 @@ def test_bundled_sample_segments_end_to_end(mrml):
     result = mrml_io.segment_mask(out, segment_ids[0], volume)
     assert np.array_equal(result[8], tumour[8]) and np.array_equal(result[12], tumour[12])
     assert np.array_equal(result[0], tumour[8]) and np.array_equal(result[20], tumour[12])
+
+
+def test_engine_gets_the_physical_spacing_in_array_order(mrml):
+    """Anisotropic voxels: the engine fits slices by physical size, so spacing must arrive as (k, j, i)."""
+    grid = np.array(
+        [[0, 0, 2.0, 1.0], [-1.5, 0, 0, 2.0], [0, -0.9, 0, 3.0], [0, 0, 0, 1]]
+    )  # permuted: i->P, j->I, k->R
+    volume, seg, _, _ = _scene_with_prompts(mrml, grid)
+    received = {}
+
+    class Recording(SimpleEngine):
+        def segment(self, image, prompts, axis=0, **options):
+            received.update(options)
+            return super().segment(image, prompts, axis, **options)
+
+    pipeline.run(mrml.scene, pipeline.segment_job(volume, seg), Recording())
+    assert received["spacing"] == pytest.approx((2.0, 0.9, 1.5))  # |k axis|, |j axis|, |i axis| in mm
