@@ -10,20 +10,12 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-THIS_DIR = Path(__file__).resolve().parent
 for path in (ROOT, ROOT / "MVGSlicer"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
-# pytest puts Testing/ on sys.path (for Testing/conftest.py). slicer-core's 'slicer' is a namespace
-# package that adopts every '<sys.path entry>/slicer' folder, so it would take THIS folder as part
-# of itself and import each test module into the 'slicer' namespace. Keep Testing/ off sys.path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != THIS_DIR.parent]
-
-slicer = pytest.importorskip("slicer", reason="slicer-core is needed for the MRML tests")
-if str(THIS_DIR) in slicer.__path__:
-    raise RuntimeError(
-        f"'slicer' was imported while {THIS_DIR.parent} was on sys.path; its namespace adopted {THIS_DIR}"
-    )
+# This folder is deliberately not called "slicer": slicer-core's 'slicer' is a namespace package
+# that would adopt any '<sys.path entry>/slicer' folder (pytest puts Testing/ on sys.path).
+import slicer  # noqa: E402  (slicer-core: the test extra installs it; its absence must fail loudly)
 
 _RULES = (
     "vtkBinaryLabelmapToClosedSurfaceConversionRule",
