@@ -67,6 +67,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        for f in dataclasses.fields(self):
+            # PyYAML reads "1e-3" (no dot) as a string; accept it as the number it means.
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, (str, int)) and not isinstance(value, bool):
+                try:
+                    setattr(self, f.name, float(value))
+                except ValueError:
+                    problems.append(f"{f.name} must be a number, got {value!r}")
+            elif f.type == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+                problems.append(f"{f.name} must be an integer, got {value!r}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
         if self.model not in PRESETS:
             problems.append(f"model {self.model!r} is not a preset; choose one of {sorted(PRESETS)}")
         if not self.data and self.phantoms <= 0:
