@@ -9,16 +9,83 @@ tells the streams apart. The streams run separately up to ``merge_index`` and ar
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
-from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias
+from timm.models.vision_transformer_sam import get_rel_pos
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from MVGCore.config import MVGConfig
 
 LAYER_NORM_EPS = 1e-6
+ATTENTION_MODES = ("bias", "folded")
+"""How the relative position bias enters SDPA: as an ``attn_mask`` ("bias", the reference), or
+folded into extra query/key channels ("folded": the same numbers without a mask, so GPUs can use
+the flash kernel). See :meth:`MVGModel.set_attention`."""
+
+
+@functools.lru_cache(maxsize=64)
+def _relative_index(size: int, device: torch.device) -> torch.Tensor:
+    """Index of the relative distance i - j (shifted to >= 0) for every (i, j); built once per size.
+    Cached tensors are made outside inference mode so that training may use them afterwards."""
+    with torch.inference_mode(False):
+        steps = torch.arange(size, device=device)
+        return steps[:, None] - steps[None, :] + (size - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_onehots(
+    rows: int, cols: int, channels: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """(rows*cols, channels): each key's row one-hot, then its column one-hot, then zero padding."""
+    with torch.inference_mode(False):
+        keys = torch.arange(rows * cols, device=device)
+        onehots = torch.zeros(rows * cols, channels, device=device, dtype=dtype)
+        onehots[keys, keys // cols] = 1
+        onehots[keys, rows + keys % cols] = 1
+        return onehots
+
+
+def _rel_pos_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
+    """(size, size, head_dim) embeddings of every query/key distance along one axis."""
+    if rel_pos.shape[0] != 2 * size - 1:  # another canvas size than trained: interpolate as ViTDet
+        return get_rel_pos(size, size, rel_pos)
+    return rel_pos[_relative_index(size, rel_pos.device)]
+
+
+def _rel_pos_terms(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, rows: int, cols: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ViTDet's decomposed bias in its two factors: (B, heads, N, rows) and (B, heads, N, cols);
+    query n and key (r, c) get ``rel_h[n, r] + rel_w[n, c]``."""
+    batch, heads, tokens, head_dim = q.shape
+    grid_q = q.reshape(batch, heads, rows, cols, head_dim)
+    table_h = _rel_pos_table(rel_pos_h, rows).to(q.dtype)
+    table_w = _rel_pos_table(rel_pos_w, cols).to(q.dtype)
+    rel_h = torch.einsum("bhrcd,rkd->bhrck", grid_q, table_h).reshape(batch, heads, tokens, rows)
+    rel_w = torch.einsum("bhrcd,ckd->bhrck", grid_q, table_w).reshape(batch, heads, tokens, cols)
+    return rel_h, rel_w
+
+
+def _folded_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_h: torch.Tensor, rel_w: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """SDPA with the decomposed bias and no mask. The bias of key (r, c) is the dot product of
+    [rel_h, rel_w] with the key's one-hot row and column, so it is appended to the (pre-scaled)
+    queries and the one-hots to the keys; channels are padded to a multiple of 8 for the kernels."""
+    batch, heads, tokens, head_dim = q.shape
+    cols = rel_w.shape[-1]
+    extra = rows + cols
+    channels = extra + (-(head_dim + extra)) % 8
+    onehots = _key_onehots(rows, cols, channels, q.device, q.dtype).expand(batch, heads, -1, -1)
+    padding = q.new_zeros(batch, heads, tokens, channels - extra)
+    q = torch.cat([q * head_dim**-0.5, rel_h, rel_w, padding], dim=-1)
+    k = torch.cat([k, onehots], dim=-1)
+    v = F.pad(v, (0, channels))
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :head_dim]
 
 
 class Attention(nn.Module):
@@ -35,20 +102,22 @@ class Attention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, head_dim))
         else:
             self.rel_pos_h = self.rel_pos_w = None
+        self.mode = "bias"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, rows, cols, dim = x.shape
         tokens = rows * cols
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
-        bias = None
-        if self.rel_pos_h is not None:
-            q_flat = q.reshape(batch * self.num_heads, tokens, -1)
-            bias = get_decomposed_rel_pos_bias(
-                q_flat, self.rel_pos_h, self.rel_pos_w, (rows, cols), (rows, cols)
-            ).reshape(batch, self.num_heads, tokens, tokens)
-            bias = bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if self.rel_pos_h is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            rel_h, rel_w = _rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, rows, cols)
+            if self.mode == "folded":
+                out = _folded_attention(q, k, v, rel_h, rel_w, rows)
+            else:
+                bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(batch, -1, tokens, tokens)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(batch, rows, cols, dim))
 
 
@@ -177,14 +246,29 @@ class MVGModel(nn.Module):
         if mask.shape != (images.shape[0], tokens):
             raise ValueError(f"mask must be (B, {tokens}) booleans for this canvas, got {tuple(mask.shape)}")
 
+    def set_attention(self, mode: str) -> None:
+        """Choose how the relative position bias is computed (see ``ATTENTION_MODES``); both give
+        the same predictions up to rounding, only the speed differs (benchmarks/RESULTS.md)."""
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {mode!r}")
+        for block in self.blocks:
+            block.attn.mode = mode
+
     def forward(
-        self, images: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, ensemble_k: int = 1
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        mask: torch.Tensor,
+        ensemble_k: int = 1,
+        query_only: bool = False,
     ) -> torch.Tensor:
         """Predict the target canvas.
 
         ``mask`` (B, tokens) is True where the target patch is hidden from the model; tokens are
         numbered row-major over the canvas grid. ``ensemble_k`` > 1 enables the feature ensemble:
-        consecutive runs of K canvases must share the same query half.
+        consecutive runs of K canvases must share the same query half. ``query_only`` returns just
+        the query (bottom) tile, (B, 3, S, S), which is all inference reads: the decoder, most of
+        a small model's cost, then runs on half the canvas.
         """
         self.check_inputs(images, targets, mask)
         batch = images.shape[0]
@@ -208,14 +292,21 @@ class MVGModel(nn.Module):
                 z = (z[:batch] + z[batch:]) * 0.5
             if index in self.config.feature_blocks:
                 features.append(self.norm(z))
-        return self.decode(torch.cat(features, dim=-1))
+        features = torch.cat(features, dim=-1)
+        if not query_only:
+            return self.decode(features)
+        # One token row of the prompt half above the query gives the 3x3 conv its context, so the
+        # query tile is exactly the bottom half of the full output.
+        return self.decode(features[:, rows // 2 - 1 :])[..., self.config.patch_size :, :]
 
     def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """Token features (B, rows, cols, C) -> pixels (B, 3, rows*p, cols*p). The pixel grid is
+        laid out channels-last, the layout the convolutions and LayerNorm2d run fastest in."""
         batch, rows, cols, _ = features.shape
         patch, channels = self.config.patch_size, self.config.decoder_dim
         x = self.decoder_embed(features).reshape(batch, rows, cols, patch, patch, channels)
-        x = x.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, rows * patch, cols * patch)
-        return self.decoder_pred(x)
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, rows * patch, cols * patch, channels)
+        return self.decoder_pred(x.permute(0, 3, 1, 2))
 
 
 def build_model(config: MVGConfig) -> MVGModel:
