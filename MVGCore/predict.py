@@ -501,11 +501,12 @@ class Predictor:
             done += 1
         todo = [q for q in range(n_slices) if q not in job.kept]
         if job.hole is not None:
-            no_hole = [q for q in todo if not take_slice(job.hole, axis, q).any()]
-            for q in no_hole:
-                put_slice(out, axis, q, take_slice(volume, axis, q))
-            todo = [q for q in todo if q not in set(no_hole)]
-            done += len(no_hole)
+            holed = {q for q in todo if take_slice(job.hole, axis, q).any()}
+            for q in todo:
+                if q not in holed:
+                    put_slice(out, axis, q, take_slice(volume, axis, q))
+            done += len(todo) - len(holed)
+            todo = sorted(holed)
         if done:
             loop.advance(done)
         if todo and not job.examples:
@@ -962,12 +963,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _log_progress() -> ProgressFn:
-    """Log about every tenth of the work, and the end."""
-    last = [-1]
+    """Log each further tenth of the work, and the end."""
+    last = [0]
 
     def report(done: int, total: int) -> None:
-        step = total * (last[0] // max(total // 10, 1) + 1) // 10 if total else 0
-        if done == total or done >= step:
+        if done == total or 10 * done // max(total, 1) > 10 * last[0] // max(total, 1):
             last[0] = done
             log.info("%d/%d slices", done, total)
 
