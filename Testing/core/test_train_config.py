@@ -1,0 +1,74 @@
+"""Training configs: typos and bad values stop the run with the key named; overrides; examples load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from MVGCore.train import main
+from MVGCore.training_config import TrainConfig, load_config, parse_override, save_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "MVGCore" / "configs"
+
+
+def test_unknown_keys_are_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("phantoms: 2\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"c\.yaml.*\['learning_rate'\]"):
+        load_config(path)
+    with pytest.raises(ValueError, match="not all MVGConfig fields"):
+        TrainConfig(phantoms=2, model_overrides={"widht": 3})
+    with pytest.raises(ValueError, match=r"sampler.*unknown keys"):
+        TrainConfig(phantoms=2, sampler={"flip": 1})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"phantoms": 0}, "no training data"),
+        ({"model": "huge"}, "not a preset"),
+        ({"tasks": ["segment", "paint"]}, "tasks must be"),
+        ({"tasks": {"segment": 0}}, "tasks must be"),
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"steps": "ten"}, "steps must be an integer"),
+        ({"lr": "fast"}, "lr must be a number"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"amp": "fp16"}, "amp must be one of"),
+        ({"layer_decay": 0}, "layer_decay"),
+        ({"model_overrides": {"tile_size": 30}}, "multiple of patch_size"),
+    ],
+)
+def test_bad_values_are_explained(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{"phantoms": 2, **changes})
+
+
+def test_overrides_and_round_trip(tmp_path):
+    assert parse_override("steps=10") == ("steps", 10)
+    assert parse_override("tasks=[segment, denoise]") == ("tasks", ["segment", "denoise"])
+    assert parse_override("init=null") == ("init", None)
+    with pytest.raises(ValueError, match="key=value"):
+        parse_override("steps")
+    path = tmp_path / "c.yaml"
+    path.write_text("phantoms: 2\nlr: 1e-3\nmodel_overrides: {tile_size: 64, patch_size: 16}\n")
+    config = load_config(path, {"model_overrides.patch_size": 8, "steps": 7})
+    assert config.lr == 0.001 and config.steps == 7
+    assert config.model_overrides == {"tile_size": 64, "patch_size": 8}
+    assert config.model_config().grid == (16, 8) and config.task_weights()["segment"] == 1.0
+    save_config(config, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == config
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "tiny_cpu.yaml", "large_8gpu.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(CONFIGS / name, {"data": ["x"]} if name == "large_8gpu.yaml" else None)
+    assert config.model_config().tile_size % config.model_config().patch_size == 0
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path, caplog):
+    assert main(["--out", str(tmp_path / "run"), "--phantoms", "2", "--set", "stepz=3"]) == 2
+    assert "stepz" in caplog.text
+    assert not (tmp_path / "run").exists()
