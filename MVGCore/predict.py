@@ -35,7 +35,6 @@ from .canvas import (
     fit_to_tile,
     imagenet_denormalize,
     plan_fit,
-    query_half,
     unfit_from_tile,
 )
 from .checkpoint import PICKLE_SUFFIXES, load_model, load_state_dict_file, sidecar_path
@@ -618,8 +617,9 @@ class Predictor:
                 canvases.targets.to(self.device),
                 mask.to(self.device),
                 ensemble_k=ensemble_k,
+                query_only=True,
             )
-        return imagenet_denormalize(query_half(pred.float())).clamp(0.0, 1.0).cpu()
+        return imagenet_denormalize(pred.float()).clamp(0.0, 1.0).cpu()
 
     def _decode(
         self, job: _Job, query: int, chosen: list[_Example], group: torch.Tensor, single: torch.Tensor

@@ -34,13 +34,14 @@ class CopyPrompt(MVGModel):
         super().__init__(tiny_config())
         self.shift, self.fail_above, self.calls = shift, fail_above, []
 
-    def forward(self, images, targets, mask, ensemble_k=1):
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False):
         self.check_inputs(images, targets, mask)
         self.calls.append((images.shape[0], ensemble_k))
         if self.fail_above is not None and images.shape[0] > self.fail_above:
             raise torch.OutOfMemoryError("fake out of memory")
         top = targets[..., : targets.shape[-2] // 2, :]
-        return torch.cat([top, torch.roll(top, self.shift, dims=-1)], dim=-2)
+        query = torch.roll(top, self.shift, dims=-1)
+        return query if query_only else torch.cat([top, query], dim=-2)
 
 
 def _shape(axis: int, n: int = 8) -> tuple[int, int, int]:
