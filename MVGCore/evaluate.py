@@ -151,10 +151,10 @@ def make_trial(case: Case, task: str, settings: Settings, case_number: int) -> T
             Prompt.from_volume(volume, i, take_slice(target, axis, i).astype(np.float32), axis)
             for i in chosen
         ]
+        truth = scale.normalize(target)
         return Trial(
-            case, task, volume, prompts, scale.normalize(target), spacing, modality, scale,
-            target_modality=target_modality,
-        )  # fmt: skip
+            case, task, volume, prompts, truth, spacing, modality, scale, target_modality=target_modality
+        )
     scale = intensity_range(volume, modality)
     clean = scale.normalize(volume)
     chosen = _choose(_serving(_contrast(clean, axis), axis), settings.n_prompts)
@@ -226,12 +226,9 @@ def score(trial: Trial, output: np.ndarray, axis: int) -> dict[str, float]:
             "hd95": hd95(pred, truth, trial.spacing_kji),
         }
     pred = trial.scale.normalize(np.take(output, keep, axis=axis))
-    if axis:  # SSIM runs over 2D slices along the first array axis
-        pred, truth = np.moveaxis(pred, axis, 0), np.moveaxis(truth, axis, 0)
-    scores = {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth)}
+    scores = {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth)}  # SSIM over k slices, as metrics defines
     if trial.task == "inpaint":
         hole = np.take(trial.hole, keep, axis=axis)
-        hole = np.moveaxis(hole, axis, 0) if axis else hole
         scores.update(psnr_hole=psnr(pred, truth, mask=hole), ssim_hole=ssim(pred, truth, mask=hole))
     return scores
 
@@ -467,9 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.checkpoint is None and not args.baselines:
         parser.error("give --checkpoint and/or --baselines")
     settings = Settings(
-        tasks=tuple(args.tasks), n_prompts=args.prompts, axis=args.axis, seed=args.seed,
-        noise=args.noise, noise_level=args.noise_level, hole=args.hole,
-    )  # fmt: skip
+        tasks=tuple(args.tasks),
+        n_prompts=args.prompts,
+        axis=args.axis,
+        seed=args.seed,
+        noise=args.noise,
+        noise_level=args.noise_level,
+        hole=args.hole,
+    )
     cases = [case for path in args.data for case in load_cases(path)]
     cases = validate_cases(cases, require_foreground=False)[: args.max_cases]
     predictor = None

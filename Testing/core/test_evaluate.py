@@ -78,6 +78,9 @@ def test_scores_of_a_perfect_answer(dataset):
     perfect = score(den, den.scale.denormalize(den.truth), 0)
     assert perfect["psnr"] == float("inf") and perfect["ssim"] == pytest.approx(1.0)
     assert score(den, den.volume, 0)["psnr"] < 40  # the noisy input itself is far from perfect
+    across = make_trial(case, "inpaint", Settings(axis=2, n_prompts=2), 0)
+    assert across.hole.shape == SHAPE and len(across.prompt_slices) == 2
+    assert score(across, across.scale.denormalize(across.truth), 2)["psnr_hole"] == float("inf")
 
 
 def test_report_counts_infinite_scores_instead_of_averaging_them(dataset, tmp_path):
