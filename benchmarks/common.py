@@ -42,6 +42,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
 
 
+def has_simpleitk() -> bool:
+    """Whether volume files can be read here (the GPU machine runs without SimpleITK)."""
+    try:
+        import SimpleITK  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -65,14 +65,17 @@ def inputs(config: MVGConfig, batch: int, device: torch.device) -> tuple[torch.T
     return images, targets, mask
 
 
-def flops_per_canvas(config: MVGConfig, query_only: bool) -> int:
-    """FLOPs of one canvas' forward pass, counted on meta tensors (no compute, any preset)."""
+def flops_per_canvas(config: MVGConfig, query_only: bool = False, backward: bool = False) -> int:
+    """FLOPs of one canvas' forward pass (plus the backward pass of training with ``backward``),
+    counted on meta tensors: no compute, so even the large preset is counted in a moment."""
     with torch.device("meta"):
-        model = MVGModel(config).eval()
+        model = MVGModel(config).train(backward)
         images, targets, mask = inputs(config, 1, torch.device("meta"))
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(images, targets, mask, query_only=query_only)
+    with torch.set_grad_enabled(backward), counter:
+        out = model(images, targets, mask, query_only=query_only)
+        if backward:
+            out.square().mean().backward()
     return counter.get_total_flops()
 
 
@@ -95,7 +98,8 @@ def measure(
 ) -> dict:
     """One row: median latency of a batch, throughput and the fraction of the matmul peak."""
     torch.manual_seed(0)
-    model = MVGModel(config).to(device).eval()
+    with device:  # initialised where it runs: the large preset initialises slowly on a CPU
+        model = MVGModel(config).eval()
     if attention != "none":
         model.set_attention(attention)
     images, targets, mask = inputs(config, batch, device)

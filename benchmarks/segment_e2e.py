@@ -22,7 +22,6 @@ SimpleITK (or with ``--no-io``) the volume stays in memory and io/writing are no
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import environment, print_table, synchronize, write_json
+from benchmarks.common import environment, has_simpleitk, print_table, synchronize, write_json
 from benchmarks.predict_memory import _volume as ct_like_volume
 from MVGCore.config import config_for
 from MVGCore.model import MVGModel
@@ -124,7 +123,7 @@ def segment(predictor: Predictor, volume: np.ndarray, sparse: np.ndarray, picks,
 
 
 def run(args: argparse.Namespace) -> dict:
-    with_io = not args.no_io and importlib.util.find_spec("SimpleITK") is not None
+    with_io = not args.no_io and has_simpleitk()
     if args.sample and not with_io:
         raise ValueError("--sample reads the bundled NRRD files, which needs SimpleITK (and not --no-io)")
     volume, sparse, spacing, picks = sample_case() if args.sample else synthetic_case(tuple(args.shape))
