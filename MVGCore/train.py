@@ -424,23 +424,24 @@ class _StopFlag:
 class _Metrics:
     """metrics.jsonl (one record per line) and TensorBoard, written by rank 0 only."""
 
-    def __init__(self, out: Path, resume_step: int | None, enabled: bool) -> None:
+    def __init__(self, out: Path, start_step: int, enabled: bool) -> None:
         self.enabled = enabled
         self.path = out / "metrics.jsonl"
         self.writer = None
         if not enabled:
             return
-        if resume_step is not None and self.path.is_file():
-            self._trim(resume_step)
+        if self.path.is_file():
+            self._trim(start_step)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(out / "tb"), purge_step=resume_step)
+        self.writer = SummaryWriter(str(out / "tb"), purge_step=start_step)
         self.handle = open(self.path, "a", encoding="utf-8")  # closed in close()
 
-    def _trim(self, step: int) -> None:
-        """Drop records a killed run logged after its last checkpoint: the resumed run repeats them."""
+    def _trim(self, start_step: int) -> None:
+        """Drop records of steps this run will log again: those a killed run logged after its last
+        checkpoint, or (``start_step`` 0) everything an attempt that never checkpointed logged."""
         lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] < start_step]
         atomic_write(self.path, lambda temp: Path(temp).write_text("".join(f"{x}\n" for x in kept)))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -551,7 +552,8 @@ def _run(
         )
 
     amp = _amp_dtype(config, env.device)
-    metrics = _Metrics(out, step if resume else None, env.is_main)
+    # Step `step` itself was logged (train record, validation) before its checkpoint was written.
+    metrics = _Metrics(out, step + 1 if resume else 0, env.is_main)
     collator = CanvasCollator(grid, config.seed, TRAIN_STREAM, MaskSampler(grid))
     loader = DataLoader(
         SampleStream(train_sampler, config.seed, TRAIN_STREAM),
@@ -641,6 +643,10 @@ def _run(
             if on_step is not None:
                 on_step(record)
             stopping = bool(stop_now)
+            # Validate before checkpointing, so that a run resumed from this checkpoint has
+            # every record up to its step.
+            if step % config.val_every == 0 or step == config.steps:
+                run_validation(step)
             if step % config.ckpt_every == 0 or step == config.steps or stopping:
                 rank_rng = [local_rng_state()]
                 if env.world > 1:
@@ -651,8 +657,6 @@ def _run(
                         checkpoints, step, model, optimizer, keep=config.keep_checkpoints, rank_rng=rank_rng
                     )
                 env.barrier()
-            if step % config.val_every == 0 or step == config.steps:
-                run_validation(step)
             if stopping:
                 log.warning("stopped at step %d on request; resume with --resume", step)
                 break
@@ -719,6 +723,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.config is None and not overrides:
                 parser.error("give --config FILE (or settings with --set/--data/--phantoms)")
             config = load_config(args.config, overrides)
+            # Absolute paths, so that the saved config still works from another directory.
+            config.data = [str(Path(p).resolve()) for p in config.data]
+            for key in ("init", "init_encoder"):
+                if getattr(config, key):
+                    setattr(config, key, str(Path(getattr(config, key)).resolve()))
         summary = train(config, args.out, resume=args.resume)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         log.error("%s", error)

@@ -77,6 +77,12 @@ class TrainConfig:
                     problems.append(f"{f.name} must be a number, got {value!r}")
             elif f.type == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
                 problems.append(f"{f.name} must be an integer, got {value!r}")
+            elif kinds := [
+                k for k in (list, dict) if f.type.startswith(k.__name__) or f"| {k.__name__}" in f.type
+            ]:
+                if not isinstance(value, tuple(kinds)):
+                    names = " or ".join(k.__name__ for k in kinds)
+                    problems.append(f"{f.name} must be a {names}, got {value!r}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         if self.model not in PRESETS:

@@ -106,7 +106,7 @@ def test_init_starts_from_the_checkpoint_weights(store, tmp_path):
 @pytest.mark.slow
 def test_hard_kill_then_resume_continues_the_loss_sequence_exactly(store, tmp_path):
     n = 4
-    config = small_config(data=[str(store)], steps=2 * n, ckpt_every=n)
+    config = small_config(data=[str(store)], steps=2 * n, ckpt_every=n, val_every=n)
     uninterrupted = tmp_path / "a"
     train(config, uninterrupted)
 
@@ -134,6 +134,9 @@ def test_hard_kill_then_resume_continues_the_loss_sequence_exactly(store, tmp_pa
     expected = [(r["step"], r["loss"]) for r in records(uninterrupted, "train")]
     got = [(r["step"], r["loss"]) for r in records(killed, "train")]
     assert got == expected  # every step once, bit-identical losses after the resume
+    val = [(r["step"], r["val_loss"]) for r in records(killed, "val")]
+    assert val == [(r["step"], r["val_loss"]) for r in records(uninterrupted, "val")]
+    assert [step for step, _ in val] == [0, n, 2 * n]
     a = json.loads((uninterrupted / "summary.json").read_text())["weights_sha256"]
     b = json.loads((killed / "summary.json").read_text())["weights_sha256"]
     assert a == b

@@ -32,6 +32,8 @@ def test_unknown_keys_are_named(tmp_path):
         ({"tasks": {"segment": 0}}, "tasks must be"),
         ({"steps": 0}, "steps must be at least 1"),
         ({"steps": "ten"}, "steps must be an integer"),
+        ({"tasks": 5}, "tasks must be a list or dict"),
+        ({"data": "store"}, "data must be a list"),
         ({"lr": "fast"}, "lr must be a number"),
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"amp": "fp16"}, "amp must be one of"),
