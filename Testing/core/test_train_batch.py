@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from MVGCore.canvas import IMAGENET_MEAN, IMAGENET_STD
 from MVGCore.loss import BACKGROUND_WEIGHT
@@ -119,3 +120,17 @@ def test_stream_and_collator_are_pure_functions_of_position():
     collate = CanvasCollator(GRID, seed=4, stream=0, mask_sampler=MaskSampler(GRID))
     a, b = collate([stream[i] for i in range(6)]), collate([stream[i] for i in range(6)])
     assert torch.equal(a.targets01, b.targets01) and torch.equal(a.mask, b.mask)
+
+
+def test_loader_workers_deliver_the_same_batches_as_the_main_process():
+    stream = SampleStream(_Sampler(), seed=2, stream=0)
+    collate = CanvasCollator(GRID, seed=2, stream=0, mask_sampler=MaskSampler(GRID))
+
+    def batches(workers: int) -> list:
+        sampler = StepBatchSampler(1, 4, batch=3, accum=1, rank=0, world=1)
+        loader = DataLoader(stream, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
+        return list(loader)
+
+    for a, b in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.targets01, b.targets01)
+        assert torch.equal(a.mask, b.mask) and a.tasks == b.tasks
