@@ -18,10 +18,12 @@ import pytest
 
 from MVGCore.checkpoint import load_model
 from MVGCore.data.phantoms import write_nnunet_dataset
+from MVGCore.data.samplers import InContextDataset
 from MVGCore.data.sources import load_cases
+from MVGCore.data.store import SliceStore
 from MVGCore.io import write_volume
 from MVGCore.prepare import prepare
-from MVGCore.train import train, weights_digest
+from MVGCore.train import case_key, split_cases, store_view, train, weights_digest
 from MVGCore.training_config import TrainConfig
 from MVGCore.types import Geometry, Volume
 
@@ -277,3 +279,17 @@ def test_case_without_foreground_is_skipped_with_a_log_when_segmenting_only(
     assert any("phantom_001" in r.getMessage() and "no foreground" in r.getMessage() for r in caplog.records)
     stored = json.loads((run / "data" / "store" / "manifest.json").read_text())["cases"]
     assert sorted(c["case_id"] for c in stored) == ["phantom_000", "phantom_002"]
+
+
+def test_validation_cases_are_never_sampled_in_training(store):
+    cases = SliceStore(store).cases
+    train_keys, val_keys = split_cases(cases, small_config(data=[str(store)], val_fraction=0.4))
+    assert len(val_keys) == 2 and sorted(train_keys + val_keys) == sorted(case_key(c) for c in cases)
+    config = small_config(data=[str(store)], sampler={"cross_case_prob": 1.0})
+    sampler = InContextDataset(store_view(SliceStore(store), train_keys), config.sampler_config())
+    drawn = {sampler.sample(np.random.default_rng(i))["case_id"] for i in range(60)}
+    assert drawn == {key.split("/")[1] for key in train_keys}
+    named = small_config(data=[str(store)], val_cases=["phantom_001", "Phantom/phantom_003"])
+    assert split_cases(cases, named)[1] == ["Phantom/phantom_001", "Phantom/phantom_003"]
+    with pytest.raises(ValueError, match=r"\['phantom_042'\] are not in the store"):
+        split_cases(cases, small_config(data=[str(store)], val_cases=["phantom_042"]))
