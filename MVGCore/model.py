@@ -9,8 +9,6 @@ tells the streams apart. The streams run separately up to ``merge_index`` and ar
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
@@ -27,35 +25,6 @@ folded into extra query/key channels ("folded": the same numbers without a mask,
 the flash kernel). See :meth:`MVGModel.set_attention`."""
 
 
-@functools.lru_cache(maxsize=64)
-def _relative_index(size: int, device: torch.device) -> torch.Tensor:
-    """Index of the relative distance i - j (shifted to >= 0) for every (i, j); built once per size.
-    Cached tensors are made outside inference mode so that training may use them afterwards."""
-    with torch.inference_mode(False):
-        steps = torch.arange(size, device=device)
-        return steps[:, None] - steps[None, :] + (size - 1)
-
-
-@functools.lru_cache(maxsize=64)
-def _key_onehots(
-    rows: int, cols: int, channels: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """(rows*cols, channels): each key's row one-hot, then its column one-hot, then zero padding."""
-    with torch.inference_mode(False):
-        keys = torch.arange(rows * cols, device=device)
-        onehots = torch.zeros(rows * cols, channels, device=device, dtype=dtype)
-        onehots[keys, keys // cols] = 1
-        onehots[keys, rows + keys % cols] = 1
-        return onehots
-
-
-def _rel_pos_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
-    """(size, size, head_dim) embeddings of every query/key distance along one axis."""
-    if rel_pos.shape[0] != 2 * size - 1:  # another canvas size than trained: interpolate as ViTDet
-        return get_rel_pos(size, size, rel_pos)
-    return rel_pos[_relative_index(size, rel_pos.device)]
-
-
 def _rel_pos_terms(
     q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, rows: int, cols: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +32,8 @@ def _rel_pos_terms(
     query n and key (r, c) get ``rel_h[n, r] + rel_w[n, c]``."""
     batch, heads, tokens, head_dim = q.shape
     grid_q = q.reshape(batch, heads, rows, cols, head_dim)
-    table_h = _rel_pos_table(rel_pos_h, rows).to(q.dtype)
-    table_w = _rel_pos_table(rel_pos_w, cols).to(q.dtype)
+    table_h = get_rel_pos(rows, rows, rel_pos_h).to(q.dtype)  # (rows, rows, head_dim)
+    table_w = get_rel_pos(cols, cols, rel_pos_w).to(q.dtype)
     rel_h = torch.einsum("bhrcd,rkd->bhrck", grid_q, table_h).reshape(batch, heads, tokens, rows)
     rel_w = torch.einsum("bhrcd,ckd->bhrck", grid_q, table_w).reshape(batch, heads, tokens, cols)
     return rel_h, rel_w
@@ -79,12 +48,13 @@ def _folded_attention(
     batch, heads, tokens, head_dim = q.shape
     cols = rel_w.shape[-1]
     extra = rows + cols
-    channels = extra + (-(head_dim + extra)) % 8
-    onehots = _key_onehots(rows, cols, channels, q.device, q.dtype).expand(batch, heads, -1, -1)
-    padding = q.new_zeros(batch, heads, tokens, channels - extra)
-    q = torch.cat([q * head_dim**-0.5, rel_h, rel_w, padding], dim=-1)
+    padding = (-(head_dim + extra)) % 8
+    keys = torch.arange(tokens, device=q.device)
+    onehots = torch.cat([F.one_hot(keys // cols, rows), F.one_hot(keys % cols, cols)], dim=-1)
+    onehots = F.pad(onehots.to(q.dtype), (0, padding)).expand(batch, heads, -1, -1)
+    q = torch.cat([q * head_dim**-0.5, rel_h, rel_w, q.new_zeros(batch, heads, tokens, padding)], dim=-1)
     k = torch.cat([k, onehots], dim=-1)
-    v = F.pad(v, (0, channels))
+    v = F.pad(v, (0, extra + padding))
     return F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :head_dim]
 
 

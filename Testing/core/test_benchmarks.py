@@ -74,16 +74,6 @@ def test_query_only_decoding_is_the_bottom_half_of_the_full_output():
     torch.testing.assert_close(query, full[..., side:, :], atol=1e-6, rtol=1e-5)
 
 
-def test_index_tables_cached_during_inference_serve_training_later():
-    # Tables made inside inference_mode would be "inference tensors" that autograd refuses.
-    # Tile 80 (a 10 x 5 token grid) is a size no other test has cached yet.
-    model, images, targets, mask = _model_and_inputs(tile_size=80)
-    with torch.inference_mode():
-        model.eval()(images, targets, mask)
-    model.train()(images, targets, mask).square().mean().backward()
-    assert model.blocks[0].attn.rel_pos_h.grad.abs().sum() > 0
-
-
 def test_flops_are_counted_per_canvas_for_inference_and_training():
     config = config_for("tiny", tile_size=32)
     full = model_throughput.flops_per_canvas(config)
