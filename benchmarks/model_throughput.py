@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ def inputs(config: MVGConfig, batch: int, device: torch.device) -> tuple[torch.T
     return images, targets, mask
 
 
+@functools.cache
 def flops_per_canvas(config: MVGConfig, query_only: bool = False, backward: bool = False) -> int:
     """FLOPs of one canvas' forward pass (plus the backward pass of training with ``backward``),
     counted on meta tensors: no compute, so even the large preset is counted in a moment."""
