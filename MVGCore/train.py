@@ -119,7 +119,7 @@ def prepare_store(config: TrainConfig, out: Path, env: Distributed) -> SliceStor
 
     Raw datasets are validated first (missing or unreadable files, label grids, non-integer
     labels, empty datasets stop the run here with the file named). Rank 0 prepares; the others
-    wait for it.
+    wait for it (the run folder must be visible to every rank, as on one machine or a shared disk).
     """
     paths = [Path(p) for p in config.data]
     for path in paths:
@@ -136,7 +136,11 @@ def prepare_store(config: TrainConfig, out: Path, env: Distributed) -> SliceStor
     store_path = out / "data" / "store"
     if env.is_main and not store_path.exists():
         _prepare_raw(config, paths, out / "data", store_path)
-    env.barrier()
+    # The other ranks poll rather than wait in a collective: preparing can outlast its timeout.
+    # The store appears complete or not at all (it is renamed into place); if rank 0 fails,
+    # torchrun ends the waiting ranks.
+    while not env.is_main and not (store_path / MANIFEST).is_file():
+        time.sleep(1.0)
     return SliceStore(store_path)
 
 

@@ -172,10 +172,12 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(store, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_ranks_hold_identical_weights(store, tmp_path):
+def test_torchrun_two_cpu_ranks_hold_identical_weights(tmp_path):
     run = tmp_path / "ddp"
     config = tmp_path / "ddp.yaml"
-    config.write_text(json.dumps(small_config(data=[str(store)], steps=3, ckpt_every=3).to_dict()))
+    # Raw phantoms: rank 0 generates and prepares them while rank 1 waits for the store.
+    phantoms = {"phantoms": 4, "phantom_shape": list(PHANTOM_SHAPE), "phantom_classes": 2}
+    config.write_text(json.dumps(small_config(steps=3, ckpt_every=3, **phantoms).to_dict()))
     command = [
         sys.executable,
         "-m",
