@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from MVGCore.checkpoint import load_model
 from MVGCore.data.phantoms import write_nnunet_dataset
@@ -295,3 +296,22 @@ def test_validation_cases_are_never_sampled_in_training(store):
     assert split_cases(cases, named)[1] == ["Phantom/phantom_001", "Phantom/phantom_003"]
     with pytest.raises(ValueError, match=r"\['phantom_042'\] are not in the store"):
         split_cases(cases, small_config(data=[str(store)], val_cases=["phantom_042"]))
+
+
+def test_init_encoder_loads_a_vit_state_dict(store, tmp_path):
+    from safetensors.torch import save_file
+
+    from MVGCore.model import MVGModel
+
+    config = small_config(data=[str(store)], steps=1, lr=1e-9, min_lr=0.0, val_fraction=0)
+    torch.manual_seed(42)
+    donor = MVGModel(config.model_config()).state_dict()
+    encoder = {f"module.{k}": v for k, v in donor.items() if k.startswith(("blocks.", "patch_embed."))}
+    save_file(encoder, tmp_path / "vit.safetensors")
+    config.init_encoder = str(tmp_path / "vit.safetensors")
+    summary = train(config, tmp_path / "run")
+    trained, _ = load_model(summary["checkpoint"])
+    weights = trained.state_dict()
+    for key in ("blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "patch_embed.proj.weight"):
+        assert torch.allclose(weights[key], donor[key], atol=1e-6), key
+    assert not torch.allclose(weights["decoder_embed.weight"], donor["decoder_embed.weight"], atol=1e-3)
