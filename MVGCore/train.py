@@ -484,6 +484,7 @@ def train(
     out = Path(out)
     env = setup_distributed(config.deterministic)
     stop = _StopFlag()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         _check_run_folder(config, out, resume)
         out.mkdir(parents=True, exist_ok=True)
@@ -498,6 +499,7 @@ def train(
         return _run(config, out, resume, env, stop, on_step)
     finally:
         stop.restore()
+        torch.use_deterministic_algorithms(was_deterministic)
         if env.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
 
