@@ -41,7 +41,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
-from MVGCore.canvas import imagenet_denormalize, query_half
+from MVGCore.canvas import gray_to_rgb, imagenet_denormalize, query_half
 from MVGCore.checkpoint import PICKLE_SUFFIXES, atomic_write, load_tensors
 from MVGCore.coloring import decode
 from MVGCore.data.samplers import InContextDataset
@@ -309,10 +309,8 @@ def _montage_rows(batch: TrainBatch, query_pred: torch.Tensor) -> torch.Tensor:
     size = batch.query_images.shape[-1]
     prompt_target = batch.targets01[..., :size, :]
     query_target = batch.targets01[..., size:, :]
-    gray = lambda x: x[:, None].expand(-1, 3, -1, -1)  # noqa: E731
-    tiles = torch.stack(
-        [gray(batch.prompt_images), prompt_target, gray(batch.query_images), query_pred, query_target], 1
-    )
+    prompt, query = gray_to_rgb(batch.prompt_images), gray_to_rgb(batch.query_images)
+    tiles = torch.stack([prompt, prompt_target, query, query_pred, query_target], 1)
     return tiles.reshape(-1, 3, size, size)
 
 
@@ -532,7 +530,8 @@ def _run(
 
     torch.manual_seed(config.seed)
     model = MVGModel(model_config).to(env.device)
-    _initialise(model, config)
+    if not resume:  # a resumed run takes every weight from its checkpoint
+        _initialise(model, config)
     optimizer = build_optimizer(
         model, config.lr, config.weight_decay, config.layer_decay, tuple(config.betas)
     )
