@@ -435,7 +435,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m MVGCore.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="model .safetensors (omit to run baselines only)")
     parser.add_argument(
-        "--data", action="append", required=True, type=Path, help="dataset or manifest (repeatable)"
+        "--data", action="append", default=[], type=Path, help="dataset or manifest (repeatable)"
+    )
+    parser.add_argument(
+        "--open-samples",
+        nargs="+",
+        default=[],
+        metavar="SOURCE/NAME",
+        help="open sample cases, e.g. pyradiomics/lung2 (obtained into the cache if needed)",
     )
     parser.add_argument("--out", required=True, type=Path, help="new folder for the report")
     parser.add_argument(
@@ -463,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.checkpoint is None and not args.baselines:
         parser.error("give --checkpoint and/or --baselines")
+    if not args.data and not args.open_samples:
+        parser.error("give --data and/or --open-samples")
     settings = Settings(
         tasks=tuple(args.tasks),
         n_prompts=args.prompts,
@@ -473,6 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hole=args.hole,
     )
     cases = [case for path in args.data for case in load_cases(path)]
+    if args.open_samples:
+        from .data import open_samples
+
+        cases += open_samples.select(args.open_samples)
     cases = validate_cases(cases, require_foreground=False)[: args.max_cases]
     predictor = None
     if args.checkpoint is not None:

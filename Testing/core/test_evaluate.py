@@ -131,6 +131,12 @@ def test_evaluation_errors(dataset, checkpoint, tmp_path):
         evaluate(load_cases(dataset), [Method("a", predictor), Method("a", predictor)], tmp_path / "x")
     with pytest.raises(SystemExit):
         main(["--data", str(dataset), "--out", str(tmp_path / "y")])  # neither model nor baseline
+    with pytest.raises(SystemExit):
+        main(["--baselines", "classical", "--out", str(tmp_path / "z")])  # no cases at all
+    with pytest.raises(ValueError, match="unknown open sample"):
+        main(
+            ["--baselines", "classical", "--open-samples", "pyradiomics/lung9", "--out", str(tmp_path / "w")]
+        )
 
 
 def test_montage_draws_labels_in_the_palette(tmp_path):

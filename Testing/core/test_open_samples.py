@@ -60,6 +60,10 @@ def test_obtain_builds_the_cache_once(monkeypatch, tmp_path):
     assert cases[0].license.startswith("MIT") and cases[0].tasks == ("denoise", "inpaint")
     image, label = open_samples.load("pydicom/mr_small", tmp_path)
     assert image.array.shape == (1, 4, 4) and label is None
+    picked = open_samples.select(["pydicom/us_ybr_clip", "pydicom/ct_small"], tmp_path)
+    assert [c.case_id for c in picked] == ["us_ybr_clip", "ct_small"] and len(calls) == 1
+    with pytest.raises(ValueError, match=r"unknown open sample\(s\) \['pydicom/ct_large'\]"):
+        open_samples.select(["pydicom/ct_large"], tmp_path)
 
 
 def test_failed_or_incomplete_download_leaves_nothing_that_looks_finished(monkeypatch, tmp_path):
