@@ -68,6 +68,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problems = []
         for f in dataclasses.fields(self):
+            # Tuples become lists so that the config saved as YAML compares equal to this one.
+            setattr(self, f.name, _plain(getattr(self, f.name)))
             # PyYAML reads "1e-3" (no dot) as a string; accept it as the number it means.
             value = getattr(self, f.name)
             if f.type == "float" and isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -166,6 +168,14 @@ class TrainConfig:
             return cls(**data)
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from error
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def parse_override(text: str) -> tuple[str, Any]:

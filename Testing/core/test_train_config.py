@@ -60,6 +60,11 @@ def test_overrides_and_round_trip(tmp_path):
     assert config.model_config().grid == (16, 8) and config.task_weights()["segment"] == 1.0
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == config
+    from_python = TrainConfig(
+        phantoms=2, phantom_shape=(8, 16, 16), model_overrides={"feature_blocks": (5, 7)}
+    )
+    save_config(from_python, tmp_path / "tuples.yaml")  # tuples are saved (as lists) and compare equal
+    assert load_config(tmp_path / "tuples.yaml") == from_python
     with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         load_config(tmp_path / "missing.yaml")
 
