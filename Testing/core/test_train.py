@@ -178,7 +178,13 @@ def test_torchrun_two_cpu_ranks_hold_identical_weights(tmp_path):
     config = tmp_path / "ddp.yaml"
     # Raw phantoms: rank 0 generates and prepares them while rank 1 waits for the store.
     phantoms = {"phantoms": 4, "phantom_shape": list(PHANTOM_SHAPE), "phantom_classes": 2}
-    config.write_text(json.dumps(small_config(steps=3, ckpt_every=3, **phantoms).to_dict()))
+    config.write_text(
+        json.dumps(
+            small_config(
+                steps=3, ckpt_every=3, batch_size=2, grad_accum=2, clip_grad=1.0, **phantoms
+            ).to_dict()
+        )
+    )
     command = [
         sys.executable,
         "-m",
