@@ -719,6 +719,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         if args.resume:
             base = args.out / "config.yaml"
+            if not base.is_file():
+                raise FileNotFoundError(f"cannot resume: {base} not found (is {args.out} a run folder?)")
             config = load_config(base, overrides)
             if args.config is not None and load_config(args.config, overrides).to_dict() != config.to_dict():
                 raise ValueError(
