@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 
 from .checkpoint import atomic_write
-from .data.sources import TASKS, Case
+from .data.sources import Case
 from .degrade import HOLE_MODELS, NOISE_MODELS, add_noise, make_hole
 from .figures import Panel, montage
 from .intensity import IntensityRange, intensity_range
 from .metrics import dice_per_class, hd95, psnr, ssim, summarize
 from .predict import ENSEMBLES, evenly_spaced
 from .slicewise import check_axis, put_slice, take_slice
-from .types import CancelToken, Prompt
+from .types import TASKS, CancelToken, Prompt
 
 log = logging.getLogger(__name__)
 

@@ -44,13 +44,12 @@ from .intensity import IntensityRange, check_modality, intensity_range
 from .masking import ar_mask
 from .model import MVGModel
 from .slicewise import SliceLoop, check_axis, put_slice, take_slice
-from .types import CancelToken, ProgressFn, Prompt
+from .types import TASKS, CancelToken, ProgressFn, Prompt
 
 log = logging.getLogger(__name__)
 
 FLOAT32 = np.dtype(np.float32)
 
-TASKS = ("segment", "denoise", "inpaint", "synthesize")
 ENSEMBLES = ("average", "feature")
 CT_AIR_THRESHOLD = -500.0
 """``modality="auto"`` calls a volume CT when it holds values at or below this (air in HU)."""

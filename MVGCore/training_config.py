@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from MVGCore.config import PRESETS, MVGConfig, config_for
+from MVGCore.types import TASKS
 
-TASKS = ("segment", "denoise", "inpaint", "synthesize")
 AMP_MODES = ("auto", "bf16", "fp32")
 
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+TASKS = ("segment", "denoise", "inpaint", "synthesize")
+"""The four in-context tasks, named the same everywhere (configs, CLIs, samplers, reports)."""
+
 ProgressFn = Callable[[int, int], None]
 """Called as ``progress(done, total)``; ``done == total`` is reported exactly once."""
 

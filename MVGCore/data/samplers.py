@@ -22,10 +22,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..degrade import HOLE_MODELS, NOISE_MODELS, add_noise, apply_hole, make_hole, noise_level
+from ..types import TASKS
 from .store import SliceStore, StoredCase
-
-TASKS = ("segment", "denoise", "inpaint", "synthesize")
-"""The same names as ``MVGCore.data.sources.TASKS``, which cannot be imported here (SimpleITK)."""
 
 DEFAULT_NOISE: dict[str, dict[str, float]] = {
     "CT": {"gaussian": 1.0, "poisson": 1.0},

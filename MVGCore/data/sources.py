@@ -19,11 +19,10 @@ import yaml
 
 from ..intensity import MODALITIES, check_modality
 from ..io import read_channels, read_geometry, read_volume, write_volume
-from ..types import Volume
+from ..types import TASKS, Volume
 
 log = logging.getLogger(__name__)
 
-TASKS = ("segment", "denoise", "inpaint", "synthesize")
 IMAGE_TASKS = ("denoise", "inpaint")
 """Tasks every clean image supports: the degraded input is made on the fly."""
 
