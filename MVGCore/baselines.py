@@ -18,7 +18,7 @@ from scipy.optimize import isotonic_regression
 from skimage.restoration import denoise_nl_means, estimate_sigma, inpaint_biharmonic
 
 from .intensity import normalize
-from .slicewise import check_axis, map_slices, take_slice
+from .slicewise import kept_targets, label_dtype, map_slices, required_prompts, take_slice
 from .types import CancelToken, ProgressFn, Prompt
 
 REGISTRATIONS = ("demons", "bspline", "affine")
@@ -70,9 +70,9 @@ class ClassicalBaseline:
         """Label volume: each slice gets the label of the nearest prompt slice (by index; when no
         prompt has an index, the first prompt), registered onto it and warped nearest-neighbour."""
         image = _volume(image, "image")
-        prompts = _required_prompts(prompts, "segment")
-        dtype = _label_dtype(prompts)
-        kept = _kept_slices(prompts, image.shape, axis)
+        prompts = required_prompts(prompts, "segment")
+        dtype = label_dtype(prompts)
+        kept = kept_targets(prompts, image.shape, axis)
         indexed = [p for p in prompts if p.index is not None]
 
         def one(index: int, plane: np.ndarray) -> np.ndarray:
@@ -95,7 +95,7 @@ class ClassicalBaseline:
         """Non-local means (or BM3D) per slice with the noise sigma estimated on that slice.
         Prompts are not needed; indexed prompt slices return their targets."""
         image = _volume(image, "image")
-        kept = _kept_slices(prompts or (), image.shape, axis)
+        kept = kept_targets(prompts or (), image.shape, axis)
         denoise_plane = _bm3d_plane if self.use_bm3d else self._nlm_plane
 
         def one(index: int, plane: np.ndarray) -> np.ndarray:
@@ -118,7 +118,7 @@ class ClassicalBaseline:
         hole_mask = np.asarray(hole_mask, dtype=bool)
         if hole_mask.shape != image.shape:
             raise ValueError(f"hole_mask shape {hole_mask.shape} must equal image shape {image.shape}")
-        kept = _kept_slices(prompts or (), image.shape, axis)
+        kept = kept_targets(prompts or (), image.shape, axis)
 
         def one(index: int, plane: np.ndarray) -> np.ndarray:
             if index in kept:
@@ -146,8 +146,8 @@ class ClassicalBaseline:
         """One intensity map learned from all prompt pairs (pixels of prompt image -> prompt
         target), applied to every source slice; the output is in the targets' units."""
         source = _volume(source, "source")
-        prompts = _required_prompts(prompts, "synthesize")
-        kept = _kept_slices(prompts, source.shape, axis)
+        prompts = required_prompts(prompts, "synthesize")
+        kept = kept_targets(prompts, source.shape, axis)
         images = np.concatenate([np.ravel(p.image) for p in prompts]).astype(np.float64)
         targets = np.concatenate([np.ravel(p.target) for p in prompts]).astype(np.float64)
         fit = _quantile_map if self.synthesis_mapping == "histogram" else _isotonic_map
@@ -290,40 +290,3 @@ def _volume(array: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return array
-
-
-def _required_prompts(prompts: Sequence[Prompt] | None, task: str) -> list[Prompt]:
-    prompts = list(prompts or ())
-    if not prompts:
-        raise ValueError(f"{task} needs at least one prompt (image, target) pair")
-    return prompts
-
-
-def _label_dtype(prompts: Sequence[Prompt]) -> np.dtype:
-    dtypes = [np.asarray(p.target).dtype for p in prompts]
-    for number, dtype in enumerate(dtypes):
-        if not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
-            raise ValueError(f"segmentation prompt {number} has a {dtype} target; expected integer labels")
-    dtype = np.result_type(*dtypes)
-    return np.dtype(np.uint8) if dtype == np.bool_ else dtype
-
-
-def _kept_slices(prompts: Sequence[Prompt], shape: tuple[int, ...], axis: int) -> dict[int, np.ndarray]:
-    """Targets of prompts that are slices of the query itself, by index, checked against the grid."""
-    axis = check_axis(axis)
-    plane_shape = tuple(n for a, n in enumerate(shape) if a != axis)
-    kept: dict[int, np.ndarray] = {}
-    for number, prompt in enumerate(prompts):
-        if prompt.index is None:
-            continue
-        if not 0 <= prompt.index < shape[axis]:
-            raise ValueError(
-                f"prompt {number} index {prompt.index} is outside 0..{shape[axis] - 1} (axis {axis})"
-            )
-        if prompt.target.shape != plane_shape:
-            raise ValueError(
-                f"prompt {number} is slice {prompt.index} of the query but its target has shape "
-                f"{prompt.target.shape}, not the slice shape {plane_shape}"
-            )
-        kept[prompt.index] = prompt.target
-    return kept

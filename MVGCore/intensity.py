@@ -7,6 +7,7 @@ The result is the [0, 1] space every later stage (canvas, metrics, PSNR/SSIM) wo
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,19 @@ class IntensityRange:
 
     def denormalize(self, array: np.ndarray) -> np.ndarray:
         return np.asarray(array, dtype=np.float32) * (self.high - self.low) + self.low
+
+
+def parse_window(text: str) -> str | tuple[float, float]:
+    """A command-line CT window: a preset name, or ``LOW,HIGH`` in HU (argparse ``type=``)."""
+    if "," not in text:
+        return text
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--window must be a preset name or LOW,HIGH, got {text!r}"
+        ) from None
+    return low, high
 
 
 def check_modality(modality: str) -> str:

@@ -40,10 +40,19 @@ from .canvas import (
 from .checkpoint import PICKLE_SUFFIXES, load_model, load_state_dict_file, sidecar_path
 from .coloring import check_labels, color_table, decode
 from .config import MVGConfig
-from .intensity import IntensityRange, check_modality, intensity_range
+from .intensity import IntensityRange, check_modality, intensity_range, parse_window
 from .masking import ar_mask
 from .model import MVGModel
-from .slicewise import SliceLoop, check_axis, put_slice, take_slice
+from .slicewise import (
+    SliceLoop,
+    check_axis,
+    kept_targets,
+    label_dtype,
+    plane_shape,
+    put_slice,
+    required_prompts,
+    take_slice,
+)
 from .types import TASKS, CancelToken, ProgressFn, Prompt
 
 log = logging.getLogger(__name__)
@@ -237,18 +246,18 @@ class Predictor:
         """
         opts = Options.parse(options)
         volume, axis = _check_volume(image, "image"), check_axis(axis)
-        prompts = _required(prompts, "segment")
+        prompts = required_prompts(prompts, "segment")
         in_range = self._input_range(volume, opts)
         spacing = _plane_spacing(opts.spacing, axis)
-        dtype = _label_dtype(prompts)
-        kept = _kept_targets(prompts, volume.shape, axis)
+        dtype = label_dtype(prompts)
+        kept = kept_targets(prompts, volume.shape, axis)
         examples = [
             self._label_example(number, p, in_range, opts, spacing) for number, p in enumerate(prompts)
         ]
         if not any(e.classes for e in examples):
             raise ValueError("every segmentation prompt label is empty; label at least one structure")
         classes = sorted({c for e in examples for c in e.classes})
-        fit = plan_fit(_plane_shape(volume.shape, axis), self.config.tile_size, spacing)
+        fit = plan_fit(plane_shape(volume.shape, axis), self.config.tile_size, spacing)
         job = _Job(
             volume,
             axis,
@@ -284,9 +293,9 @@ class Predictor:
         volume, axis = _check_volume(image, "image"), check_axis(axis)
         in_range = self._input_range(volume, opts)
         spacing = _plane_spacing(opts.spacing, axis)
-        fit = plan_fit(_plane_shape(volume.shape, axis), self.config.tile_size, spacing)
+        fit = plan_fit(plane_shape(volume.shape, axis), self.config.tile_size, spacing)
         if prompts:
-            kept = _kept_targets(prompts, volume.shape, axis)
+            kept = kept_targets(prompts, volume.shape, axis)
             examples = [
                 self._image_example(n, p, in_range, None, opts, spacing) for n, p in enumerate(prompts)
             ]
@@ -322,9 +331,9 @@ class Predictor:
         hole = hole.astype(bool, copy=False)
         in_range = self._input_range(volume, opts)
         spacing = _plane_spacing(opts.spacing, axis)
-        fit = plan_fit(_plane_shape(volume.shape, axis), self.config.tile_size, spacing)
+        fit = plan_fit(plane_shape(volume.shape, axis), self.config.tile_size, spacing)
         if prompts:
-            kept = _kept_targets(prompts, volume.shape, axis)
+            kept = kept_targets(prompts, volume.shape, axis)
             examples = [
                 self._image_example(n, p, in_range, None, opts, spacing, hole, axis)
                 for n, p in enumerate(prompts)
@@ -351,7 +360,7 @@ class Predictor:
         """
         opts = Options.parse(options)
         volume, axis = _check_volume(source, "source"), check_axis(axis)
-        prompts = _required(prompts, "synthesize")
+        prompts = required_prompts(prompts, "synthesize")
         in_range = self._input_range(volume, opts)
         for number, p in enumerate(prompts):
             _check_finite(p.target, f"prompt {number} target")
@@ -360,11 +369,11 @@ class Predictor:
             _sample(pooled), _auto_modality(pooled, opts.target_modality), opts.target_window
         )
         spacing = _plane_spacing(opts.spacing, axis)
-        kept = _kept_targets(prompts, volume.shape, axis)
+        kept = kept_targets(prompts, volume.shape, axis)
         examples = [
             self._image_example(n, p, in_range, out_range, opts, spacing) for n, p in enumerate(prompts)
         ]
-        fit = plan_fit(_plane_shape(volume.shape, axis), self.config.tile_size, spacing)
+        fit = plan_fit(plane_shape(volume.shape, axis), self.config.tile_size, spacing)
         job = _Job(volume, axis, opts, in_range, examples, kept, fit, spacing, out_range=out_range)
         return self._run(job, progress, cancel)
 
@@ -718,57 +727,10 @@ def _auto_modality(array: np.ndarray, modality: str) -> str:
     return "CT" if float(np.min(_sample(array))) <= CT_AIR_THRESHOLD else "OTHER"
 
 
-def _required(prompts: Sequence[Prompt] | None, task: str) -> list[Prompt]:
-    prompts = list(prompts or ())
-    if not prompts:
-        raise ValueError(f"{task} needs at least one prompt (image slice, target slice)")
-    for number, prompt in enumerate(prompts):
-        if not isinstance(prompt, Prompt):
-            raise TypeError(f"prompt {number} must be an MVGCore.types.Prompt, got {type(prompt).__name__}")
-    return prompts
-
-
-def _label_dtype(prompts: Sequence[Prompt]) -> np.dtype:
-    dtypes = [np.asarray(p.target).dtype for p in prompts]
-    for number, dtype in enumerate(dtypes):
-        if not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
-            raise ValueError(f"segmentation prompt {number} has a {dtype} target; expected integer labels")
-    dtype = np.result_type(*dtypes)
-    return np.dtype(np.uint8) if dtype == np.bool_ else dtype
-
-
-def _plane_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
-    return tuple(n for a, n in enumerate(shape) if a != axis)
-
-
 def _plane_spacing(spacing: tuple[float, float, float] | None, axis: int) -> tuple[float, float]:
     if spacing is None:
         return (1.0, 1.0)
     return tuple(s for a, s in enumerate(spacing) if a != axis)
-
-
-def _kept_targets(prompts: Sequence[Prompt], shape: tuple[int, ...], axis: int) -> dict[int, np.ndarray]:
-    """Targets of the prompts that are slices of the query volume, by index, checked against its grid."""
-    plane = _plane_shape(shape, axis)
-    kept: dict[int, np.ndarray] = {}
-    for number, prompt in enumerate(prompts):
-        if prompt.index is None:
-            continue
-        if isinstance(prompt.index, bool) or not 0 <= prompt.index < shape[axis]:
-            raise ValueError(
-                f"prompt {number} index {prompt.index} is out of range: the volume has "
-                f"{shape[axis]} slices along axis {axis}"
-            )
-        if prompt.target.shape != plane or prompt.image.shape != plane:
-            raise ValueError(
-                f"prompt {number} is slice {prompt.index} along axis {axis} of a volume of shape {shape}, "
-                f"so its image and target must have shape {plane}, got {prompt.image.shape} and "
-                f"{prompt.target.shape} (wrong axis?)"
-            )
-        if prompt.index in kept:
-            raise ValueError(f"prompt {number} repeats slice {prompt.index}; give each slice once")
-        kept[int(prompt.index)] = prompt.target
-    return kept
 
 
 def evenly_spaced(candidates: list[int], count: int) -> list[int]:
@@ -790,18 +752,6 @@ def _waves(todo: list[int], sources: list[int], propagate: bool) -> list[list[in
 
 
 # -------------------------------------------------------------------- CLI
-
-
-def _parse_window(text: str | None) -> str | tuple[float, float] | None:
-    if text is None or "," not in text:
-        return text
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--window must be a preset name or LOW,HIGH, got {text!r}"
-        ) from None
-    return low, high
 
 
 def _parse_slices(text: str) -> list[int]:
@@ -895,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hole", type=Path, help="inpaint: mask of the voxels to fill, on the input's grid")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slice axis in (k, j, i)")
     parser.add_argument("--modality", default="auto", help="auto, CT, MR, XR, US or OTHER")
-    parser.add_argument("--window", type=_parse_window, help="CT window: preset name or LOW,HIGH")
+    parser.add_argument("--window", type=parse_window, help="CT window: preset name or LOW,HIGH")
     parser.add_argument("--k-prompts", type=int, default=1, help="prompts per query slice (default 1)")
     parser.add_argument("--ensemble", choices=ENSEMBLES, default="average", help="how K prompts combine")
     parser.add_argument("--propagate", action="store_true", help="propagate outward from the prompt slices")

@@ -29,7 +29,7 @@ import numpy as np
 from .canvas import fit_to_tile
 from .data.sources import Case, load_cases, validate_cases
 from .data.store import StoreWriter
-from .intensity import intensity_range
+from .intensity import intensity_range, parse_window
 from .io import read_volume
 from .types import CancelToken, ProgressFn
 
@@ -157,18 +157,6 @@ def _class_ids(label: np.ndarray, path: Path) -> np.ndarray:
     return label.astype(np.uint8)
 
 
-def _parse_window(text: str | None) -> str | tuple[float, float] | None:
-    if text is None or "," not in text:
-        return text
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--window must be a preset name or LOW,HIGH, got {text!r}"
-        ) from None
-    return low, high
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m MVGCore.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -183,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="new folder for the slice store")
     parser.add_argument("--size", type=int, default=256, help="tile size in pixels (default 256)")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slice axis in (k, j, i)")
-    parser.add_argument("--window", type=_parse_window, help="CT window: preset name or LOW,HIGH in HU")
+    parser.add_argument("--window", type=parse_window, help="CT window: preset name or LOW,HIGH in HU")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")

@@ -7,12 +7,12 @@ on cancel in exactly the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from .types import CancelToken, ProgressFn
+from .types import CancelToken, ProgressFn, Prompt
 
 
 def check_axis(axis: int, ndim: int = 3) -> int:
@@ -104,3 +104,52 @@ def map_slices(
     for index in SliceLoop(volume.shape[axis], progress, cancel):
         put_slice(out, axis, index, fn(index, take_slice(volume, axis, index)))
     return out
+
+
+def required_prompts(prompts: Sequence[Prompt] | None, task: str) -> list[Prompt]:
+    """The prompts as a list, or an error when there are none or one is not a Prompt."""
+    prompts = list(prompts or ())
+    if not prompts:
+        raise ValueError(f"{task} needs at least one prompt (image slice, target slice)")
+    for number, prompt in enumerate(prompts):
+        if not isinstance(prompt, Prompt):
+            raise TypeError(f"prompt {number} must be an MVGCore.types.Prompt, got {type(prompt).__name__}")
+    return prompts
+
+
+def label_dtype(prompts: Sequence[Prompt]) -> np.dtype:
+    """The integer dtype of the prompt labels (bool -> uint8), so outputs keep the user's type."""
+    dtypes = [np.asarray(p.target).dtype for p in prompts]
+    for number, dtype in enumerate(dtypes):
+        if not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
+            raise ValueError(f"segmentation prompt {number} has a {dtype} target; expected integer labels")
+    dtype = np.result_type(*dtypes)
+    return np.dtype(np.uint8) if dtype == np.bool_ else dtype
+
+
+def plane_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+    return tuple(n for a, n in enumerate(shape) if a != axis)
+
+
+def kept_targets(prompts: Sequence[Prompt], shape: tuple[int, ...], axis: int) -> dict[int, np.ndarray]:
+    """Targets of the prompts that are slices of the query volume, by index, checked against its grid."""
+    plane = plane_shape(shape, axis)
+    kept: dict[int, np.ndarray] = {}
+    for number, prompt in enumerate(prompts):
+        if prompt.index is None:
+            continue
+        if isinstance(prompt.index, bool) or not 0 <= prompt.index < shape[axis]:
+            raise ValueError(
+                f"prompt {number} index {prompt.index} is out of range: the volume has "
+                f"{shape[axis]} slices along axis {axis}"
+            )
+        if prompt.target.shape != plane or prompt.image.shape != plane:
+            raise ValueError(
+                f"prompt {number} is slice {prompt.index} along axis {axis} of a volume of shape {shape}, "
+                f"so its image and target must have shape {plane}, got {prompt.image.shape} and "
+                f"{prompt.target.shape} (wrong axis?)"
+            )
+        if prompt.index in kept:
+            raise ValueError(f"prompt {number} repeats slice {prompt.index}; give each slice once")
+        kept[int(prompt.index)] = prompt.target
+    return kept

@@ -73,7 +73,7 @@ def test_segment_errors_name_the_problem():
         baseline.segment(image, [])
     with pytest.raises(ValueError, match="integer labels"):
         baseline.segment(image, [Prompt(image[0], label[0].astype(np.float32), 0)])
-    with pytest.raises(ValueError, match="index 5 is outside"):
+    with pytest.raises(ValueError, match="index 5 is out of range"):
         baseline.segment(image, [Prompt(image[0], label[0], 5)])
     with pytest.raises(ValueError, match="3D"):
         baseline.segment(image[0], [Prompt(image[0], label[0])])
