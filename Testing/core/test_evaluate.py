@@ -2,17 +2,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from MVGCore.checkpoint import save_model
 from MVGCore.coloring import palette
-from MVGCore.config import config_for
 from MVGCore.data.phantoms import write_nnunet_dataset
 from MVGCore.data.sources import load_cases
 from MVGCore.evaluate import Method, Settings, build_methods, evaluate, main, make_trial, score, summary_table
 from MVGCore.figures import Panel, montage
-from MVGCore.model import MVGModel
 from MVGCore.predict import Predictor
 
 SHAPE = (6, 32, 32)
@@ -22,22 +18,6 @@ SHAPE = (6, 32, 32)
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     return write_nnunet_dataset(root, n_cases=2, shape=SHAPE, n_classes=2, seed=3, spacing=(1.0, 1.0, 3.0))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = config_for(
-        "tiny",
-        tile_size=32,
-        depth=2,
-        embed_dim=48,
-        num_heads=2,
-        merge_index=0,
-        feature_blocks=(1,),
-        decoder_dim=8,
-    )
-    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", MVGModel(config))
 
 
 class Oracle:

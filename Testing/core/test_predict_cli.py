@@ -1,11 +1,7 @@
 import numpy as np
 import pytest
-import torch
 
-from MVGCore.checkpoint import save_model
-from MVGCore.config import config_for
 from MVGCore.io import read_volume, write_volume
-from MVGCore.model import MVGModel
 from MVGCore.predict import main
 from MVGCore.types import Geometry, Volume
 
@@ -20,22 +16,6 @@ GEOMETRIES = {
         direction=(C, -S, 0, S * C, C * C, -S, S * S, S * C, C),
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = config_for(
-        "tiny",
-        tile_size=32,
-        depth=2,
-        embed_dim=48,
-        num_heads=2,
-        merge_index=0,
-        feature_blocks=(1,),
-        decoder_dim=8,
-    )
-    return save_model(tmp_path_factory.mktemp("model") / "tiny.safetensors", MVGModel(config))
 
 
 PROMPT_SLICES = {0: (1, 4), 1: (4, 10), 2: (4, 12)}

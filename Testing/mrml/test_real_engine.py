@@ -14,25 +14,6 @@ from MVGSlicerLib import engine, models, mrml_io, pipeline
 from MVGCore.types import Cancelled, CancelToken
 
 torch = pytest.importorskip("torch")
-from MVGCore.checkpoint import save_model  # noqa: E402
-from MVGCore.config import config_for  # noqa: E402
-from MVGCore.model import MVGModel  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = config_for(
-        "tiny",
-        tile_size=32,
-        depth=2,
-        embed_dim=48,
-        num_heads=2,
-        merge_index=0,
-        feature_blocks=(1,),
-        decoder_dim=8,
-    )
-    return save_model(tmp_path_factory.mktemp("weights") / "tiny.safetensors", MVGModel(config))
 
 
 def _paint(seg_node, segment_id, mask, volume_node):
