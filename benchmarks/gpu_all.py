@@ -40,7 +40,7 @@ from benchmarks.common import (
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_BATCH = {"tiny": 64, "small": 32, "base": 16, "large": 8}
-"""Training batch per preset on the GPU: large enough to fill an H200 without activation checkpointing."""
+"""Training batch per preset on the GPU, without activation checkpointing; halved on out-of-memory."""
 
 
 class Plan:
