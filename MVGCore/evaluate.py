@@ -130,6 +130,16 @@ def make_trial(case: Case, task: str, settings: Settings, case_number: int) -> T
     image = read_volume(case.images[0])
     spacing = image.geometry.spacing_kji
     volume, modality = image.array, case.modalities[0]
+    if volume.shape[axis] < 2:
+        # Prompts are slices of the case itself, so a single image leaves nothing to score.
+        log.warning(
+            "%s: %s needs 2+ slices along axis %d (prompts come from the case itself); a single "
+            "image is skipped",
+            case.case_id,
+            task,
+            axis,
+        )
+        return None
     rng = np.random.default_rng([settings.seed, case_number])
     if task == "segment":
         label = read_volume(case.label).array

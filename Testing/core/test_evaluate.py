@@ -135,3 +135,16 @@ def test_montage_draws_labels_in_the_palette(tmp_path):
         montage([[Panel("a", image)]], tmp_path / "f.jpg")
     with pytest.raises(ValueError, match="must match image"):
         Panel("bad", image, labels[:10])
+
+
+def test_single_images_are_skipped_with_a_reason(tmp_path, caplog):
+    from MVGCore.data.sources import Case
+    from MVGCore.io import write_volume
+    from MVGCore.types import Volume
+
+    path = write_volume(
+        tmp_path / "xray.nrrd", Volume(np.random.default_rng(0).random((1, 32, 32)).astype(np.float32))
+    )
+    case = Case("xray", "XR", images=(path,), modalities=("XR",), tasks=("denoise",))
+    assert make_trial(case, "denoise", Settings(), 0) is None
+    assert "a single image is skipped" in caplog.text
