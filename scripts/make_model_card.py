@@ -1,8 +1,10 @@
 """Publish a trained run as the bundled default model: fp16 weights, model card, registry entry.
 
-    python scripts/make_model_card.py --run RUN --train-log LOG --eval EVAL_DIR --eval-command "..."
+    python scripts/make_model_card.py --stage RUN1 LOG1 "CMD1" [--stage RUN2 LOG2 "CMD2"] \
+        --eval EVAL_DIR --eval-command "..." --prepare-command "..." [--demo results.json]
 
-Reads the run folder (config, split, summary, metrics), the training log (wall time) and an
+Reads each training stage's run folder (config, split, summary, metrics; the last stage is the
+shipped model), its log (wall time) and an
 ``python -m MVGCore.evaluate`` report; writes Resources/Models/<name>.safetensors + .json (the
 checkpoint), model_card.json, MODEL_CARD.md and the Models.json registry entry. Every number in
 the card is copied from those files; nothing is typed in by hand.
@@ -45,21 +47,29 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--train-log", type=Path, required=True)
+    parser.add_argument(
+        "--stage",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("RUN", "LOG", "COMMAND"),
+        help="a training stage: run folder, its log, the command that ran it (in order; last = shipped)",
+    )
     parser.add_argument("--eval", type=Path, required=True, help="python -m MVGCore.evaluate report folder")
     parser.add_argument("--eval-command", required=True, help="the evaluate command line, recorded verbatim")
-    parser.add_argument("--train-command", required=True, help="the training command line, recorded verbatim")
     parser.add_argument(
         "--prepare-command", required=True, help="the prepare command line, recorded verbatim"
     )
+    parser.add_argument(
+        "--demo", type=Path, help="results.json of python -m MVGCore.demo on the bundled weights"
+    )
     args = parser.parse_args()
 
-    summary = json.loads((args.run / "summary.json").read_text())
-    split = json.loads((args.run / "split.json").read_text())
-    config = yaml.safe_load((args.run / "config.yaml").read_text())
-    records = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
-    val_history = [r for r in records if r.get("kind") == "val"]
+    stages = [describe_stage(Path(run), Path(log), command) for run, log, command in args.stage]
+    final = Path(args.stage[-1][0])
+    summary = json.loads((final / "summary.json").read_text())
+    split = json.loads((final / "split.json").read_text())
+    config = yaml.safe_load((final / "config.yaml").read_text())
     evaluation = json.loads((args.eval / "summary.json").read_text())
     table = (args.eval / "summary.md").read_text().strip()
 
@@ -77,17 +87,10 @@ def main() -> None:
             "validation_cases": split["val"],
         },
         "training": {
-            "steps": summary["step"],
-            "batch_size": config["batch_size"],
-            "samples_seen": summary["step"] * config["batch_size"] * config.get("grad_accum", 1),
-            "wall_time_s": wall_seconds(args.train_log),
             "hardware": f"{cpu_name()}, 2 cores, no GPU",
             "torch": torch.__version__,
-            "date": datetime.fromtimestamp(args.train_log.stat().st_mtime).strftime("%Y-%m-%d"),
-            "config": config,
-            "validation_history": val_history,
             "prepare_command": args.prepare_command,
-            "train_command": args.train_command,
+            "stages": stages,
         },
         "evaluation": {
             "command": args.eval_command,
@@ -113,8 +116,8 @@ def main() -> None:
         "file": weights.name,
         "sha256": card["sha256"],
         "preset": card["preset"],
-        "description": f"Bundled default: tiny preset, {card['training']['steps']} steps on real open images "
-        "(CPU). See MODEL_CARD.md for what it can and cannot do.",
+        "description": f"Bundled default: tiny preset, {sum(x['steps'] for x in stages)} steps on real "
+        "open images (CPU). See MODEL_CARD.md for what it can and cannot do.",
         "tasks": [t.capitalize() for t in card["tasks"]],
     }
     registry["models"] = [entry] + [m for m in registry.get("models", []) if m.get("file") != weights.name]
@@ -131,7 +134,8 @@ def main() -> None:
         "## Data",
         "",
         "Real images only, obtained by MVGCore's open-samples recipe and prepared with",
-        f"`{t['prepare_command']}` (licenses and attribution: docs/data.md). Whole cases are held out:",
+        f"`{t['prepare_command']}` (licenses and attribution: docs/data.md); the last stage adds",
+        "generated phantoms (see its config). Whole cases are held out:",
         "",
         f"- training cases ({len(split['train'])}): " + ", ".join(split["train"]),
         f"- validation cases ({len(split['val'])}, never sampled in training): " + ", ".join(split["val"]),
@@ -140,11 +144,9 @@ def main() -> None:
         "",
         "## Training",
         "",
-        f"`{t['train_command']}`",
+        f"On {t['hardware']} (torch {t['torch']}), while other work shared the machine:",
         "",
-        f"{t['steps']} steps of batch {t['batch_size']} ({t['samples_seen']:,} samples), "
-        f"{t['wall_time_s'] / 60:.0f} minutes wall time on {t['hardware']} (torch {t['torch']}, {t['date']}),"
-        " while other work shared the machine. Config: MVGCore/configs/default_tiny.yaml.",
+        *(stage_line(number, stage) for number, stage in enumerate(stages, 1)),
         "",
         "## Measured quality (validation split)",
         "",
@@ -169,6 +171,39 @@ def main() -> None:
     ]
     (MODELS / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {weights}, model_card.json, MODEL_CARD.md and the Models.json entry")
+
+
+def describe_stage(run: Path, log: Path, command: str) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "command": command,
+        "steps": summary["step"],
+        "schedule_steps": config["steps"],
+        "stopped_early": summary["stopped_early"],
+        "batch_size": config["batch_size"],
+        "samples_seen": summary["step"] * config["batch_size"] * config.get("grad_accum", 1),
+        "wall_time_s": wall_seconds(log),
+        "date": datetime.fromtimestamp(log.stat().st_mtime).strftime("%Y-%m-%d"),
+        "config": config,
+        "validation_history": [r for r in records if r.get("kind") == "val"],
+    }
+
+
+def stage_line(number: int, stage: dict) -> str:
+    stopped = (
+        f"; stopped by SIGTERM at step {stage['steps']} of a {stage['schedule_steps']}-step schedule"
+        if stage["stopped_early"]
+        else ""
+    )
+    last_val = stage["validation_history"][-1] if stage["validation_history"] else {}
+    dice = last_val.get("dice/segment", float("nan"))
+    return (
+        f"{number}. `{stage['command']}`: {stage['steps']} steps of batch {stage['batch_size']} "
+        f"({stage['samples_seen']:,} samples{stopped}), {stage['wall_time_s'] / 60:.0f} min, "
+        f"{stage['date']}; last validation Dice during training {dice:.3f}."
+    )
 
 
 def demo_lines(demo: dict | None) -> list[str]:
