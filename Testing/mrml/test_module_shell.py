@@ -118,6 +118,8 @@ def test_logic_console_api_and_files(mvgslicer, mrml, tmp_path):
 def test_logic_without_model_explains_what_is_missing(mvgslicer, monkeypatch):
     logic = mvgslicer.MVGSlicerLogic()
     monkeypatch.setattr(mvgslicer.install, "missing_requirements", lambda: [])
+    assert logic.engine("", "cpu").device == "cpu"  # the shipped registry names the bundled default
+    logic.registry = []  # an installation without bundled weights
     with pytest.raises(FileNotFoundError, match="no bundled MVG model"):
         logic.engine("", "cpu")
     monkeypatch.setattr(mvgslicer.install, "missing_requirements", lambda: [mvgslicer.install.TORCH])
