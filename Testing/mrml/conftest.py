@@ -33,6 +33,15 @@ def _register_converter_rules() -> None:
             factory.RegisterConverterRule(getattr(slicer, name)())
 
 
+def paint(seg_node, segment_id, mask, volume_node) -> None:
+    """Set a segment to ``mask`` ((k, j, i) on the volume's grid), as painting in Slicer would."""
+    from MVGSlicerLib import mrml_io
+
+    image = mrml_io.image_data_from_array(mask.astype(np.uint8), mrml_io.reference_image(volume_node))
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    assert logic.SetBinaryLabelmapToSegment(image, seg_node, segment_id, logic.MODE_REPLACE)
+
+
 @pytest.fixture
 def mrml():
     """scene + logics; the app logic stays referenced for the whole test (a collected one segfaults)."""
@@ -57,6 +66,7 @@ def mrml():
         volumes=logics["Volumes"],
         segmentations=logics["Segmentations"],
         colors=logics["Colors"],
+        paint=paint,
     )
     scene.Clear(True)
 

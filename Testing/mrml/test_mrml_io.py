@@ -16,14 +16,6 @@ def _ramp() -> np.ndarray:
     return np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE)
 
 
-def _paint(seg_node, segment_id, mask, volume_node):
-    image = slicer.vtkOrientedImageData()
-    image.SetImageToWorldMatrix(mrml_io.numpy_to_matrix(mrml_io.ijk_to_ras(volume_node)))
-    mrml_io.image_data_from_array(mask.astype(np.uint8), image)
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    assert logic.SetBinaryLabelmapToSegment(image, seg_node, segment_id, logic.MODE_REPLACE)
-
-
 def test_volume_array_round_trip_keeps_voxels_and_matrix(mrml, grid):
     array = _ramp()
     node = mrml_io.add_volume_from_array(mrml.scene, array, grid, "input")
@@ -54,8 +46,8 @@ def test_segment_mask_and_labels_are_exact(mrml, grid):
     second = seg.GetSegmentation().AddEmptySegment("spleen", "spleen", [0.1, 0.5, 0.9])
     rng = np.random.default_rng(0)
     a, b = rng.random(SHAPE) < 0.3, rng.random(SHAPE) < 0.2
-    _paint(seg, first, a, volume)
-    _paint(seg, second, b, volume)
+    mrml.paint(seg, first, a, volume)
+    mrml.paint(seg, second, b, volume)
     assert np.array_equal(mrml_io.segment_mask(seg, first, volume), a)
     assert np.array_equal(mrml_io.segment_mask(seg, second, volume), b)
     labels = mrml_io.segment_labels(seg, [first, second], volume)

@@ -19,14 +19,6 @@ TERMINOLOGY = (
 )
 
 
-def _paint(seg_node, segment_id, mask, volume_node):
-    image = slicer.vtkOrientedImageData()
-    image.SetImageToWorldMatrix(mrml_io.numpy_to_matrix(mrml_io.ijk_to_ras(volume_node)))
-    mrml_io.image_data_from_array(mask.astype(np.uint8), image)
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    assert logic.SetBinaryLabelmapToSegment(image, seg_node, segment_id, logic.MODE_REPLACE)
-
-
 def _scene_with_prompts(mrml, grid, axis=0):
     """A volume, a prompt segmentation painted on slices 1 and 4 along ``axis``, and an extra segmentation."""
     rng = np.random.default_rng(1)
@@ -49,11 +41,11 @@ def _scene_with_prompts(mrml, grid, axis=0):
         painted[liver][tuple(where)] = liver_slice
         painted[spleen][tuple(where)] = ~liver_slice & (rng.random(liver_slice.shape) < 0.3)
     for segment_id, mask in painted.items():
-        _paint(seg, segment_id, mask, volume)
+        mrml.paint(seg, segment_id, mask, volume)
     other = slicer.vtkMRMLSegmentationNode()
     mrml.scene.AddNode(other)
     other.SetName("other")
-    _paint(
+    mrml.paint(
         other, other.GetSegmentation().AddEmptySegment("kidney", "kidney", [0, 1, 0]), painted[liver], volume
     )
     return volume, seg, other, painted

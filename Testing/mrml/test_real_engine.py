@@ -16,14 +16,6 @@ from MVGCore.types import Cancelled, CancelToken
 torch = pytest.importorskip("torch")
 
 
-def _paint(seg_node, segment_id, mask, volume_node):
-    image = slicer.vtkOrientedImageData()
-    image.SetImageToWorldMatrix(mrml_io.numpy_to_matrix(mrml_io.ijk_to_ras(volume_node)))
-    mrml_io.image_data_from_array(mask.astype(np.uint8), image)
-    logic = slicer.vtkSlicerSegmentationsModuleLogic
-    assert logic.SetBinaryLabelmapToSegment(image, seg_node, segment_id, logic.MODE_REPLACE)
-
-
 def test_imported_checkpoint_segments_and_cancels_through_the_real_predictor(mrml, checkpoint, tmp_path):
     stored = models.import_weights(checkpoint, [], tmp_path / "models")
     runner = engine.load_engine(models.resolve_model(str(stored), []), "cpu")
@@ -37,7 +29,7 @@ def test_imported_checkpoint_segments_and_cancels_through_the_real_predictor(mrm
     lesion = prompts.GetSegmentation().AddEmptySegment("lesion", "lesion", [1, 0, 0])
     painted = np.zeros(image.shape, bool)
     painted[1, 5:15, 4:12] = True
-    _paint(prompts, lesion, painted, volume)
+    mrml.paint(prompts, lesion, painted, volume)
 
     job = pipeline.segment_job(volume, prompts, [1])
     nodes_before = mrml.scene.GetNumberOfNodes()
