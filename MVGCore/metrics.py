@@ -130,7 +130,7 @@ def ssim(
         raise ValueError(f"SSIM needs 2D or 3D (k, j, i) images, got shape {truth.shape}")
     if min(truth.shape[-2:]) < 7:
         raise ValueError(f"SSIM needs slices of at least 7x7 pixels, got {truth.shape[-2:]}")
-    planes = zip(pred.reshape(-1, *truth.shape[-2:]), truth.reshape(-1, *truth.shape[-2:]), strict=True)
+    planes = zip(pred.reshape(-1, *truth.shape[-2:]), truth.reshape(-1, *truth.shape[-2:]))
     results = [structural_similarity(p, t, data_range=data_range, full=True) for p, t in planes]
     if mask is None:
         return float(np.mean([mean for mean, _ in results]))

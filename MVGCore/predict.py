@@ -536,7 +536,7 @@ class Predictor:
                     if self.device.startswith("cuda"):
                         torch.cuda.empty_cache()
                     continue
-                for (q, _), (plane, spread) in zip(chunk, results, strict=True):
+                for (q, _), (plane, spread) in zip(chunk, results):
                     put_slice(out, axis, q, plane)
                     if disagreement is not None:
                         put_slice(disagreement, axis, q, spread)

@@ -73,8 +73,8 @@ def _add_case(writer: StoreWriter, case: Case, window: str | tuple[float, float]
     label = _read_on_grid(case.label, volumes[0].array.shape)
     target = _read_on_grid(case.target, volumes[0].array.shape)
     spacing = tuple(s for a, s in enumerate(volumes[0].geometry.spacing_kji) if a != axis)
-    ranges = [intensity_range(v.array, m, window) for v, m in zip(volumes, case.modalities, strict=True)]
-    channels = [r.normalize(v.array) for r, v in zip(ranges, volumes, strict=True)]
+    ranges = [intensity_range(v.array, m, window) for v, m in zip(volumes, case.modalities)]
+    channels = [r.normalize(v.array) for r, v in zip(ranges, volumes)]
     # A target shares channel 0's modality (a clean image for a degraded one, or its pair).
     target_range = None if target is None else intensity_range(target, case.modalities[0], window)
     if label is not None:

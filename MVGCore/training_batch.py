@@ -73,7 +73,7 @@ def collate_canvases(
     if mask_sampler is not None and tuple(mask_sampler.grid) != tuple(grid):
         raise ValueError(f"mask sampler grid {mask_sampler.grid} differs from the model grid {grid}")
     parts, masks, tables, classes = [], [], [], []
-    for sample, rng in zip(samples, rngs, strict=True):
+    for sample, rng in zip(samples, rngs):
         segmentation = sample["task"] == "segment"
         table, present = None, []
         if segmentation:

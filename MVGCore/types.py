@@ -64,12 +64,12 @@ class Volume:
     def crop(self, start_kji: tuple[int, int, int], stop_kji: tuple[int, int, int]) -> Volume:
         """The sub-volume [start, stop) with its origin moved so every voxel keeps its position."""
         shape = self.array.shape
-        if any(not 0 <= a < b <= n for a, b, n in zip(start_kji, stop_kji, shape, strict=True)):
+        if any(not 0 <= a < b <= n for a, b, n in zip(start_kji, stop_kji, shape)):
             raise ValueError(f"crop [{start_kji}, {stop_kji}) does not fit a volume of shape {shape}")
         g = self.geometry
         offset_ijk = np.array(start_kji[::-1], dtype=float) * np.array(g.spacing)
         origin = np.array(g.origin) + np.array(g.direction).reshape(3, 3) @ offset_ijk
-        box = tuple(slice(a, b) for a, b in zip(start_kji, stop_kji, strict=True))
+        box = tuple(slice(a, b) for a, b in zip(start_kji, stop_kji))
         return Volume(self.array[box].copy(), Geometry(g.spacing, tuple(origin), g.direction))
 
 

@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
 
             geometry = Geometry(spacing=tuple(reversed(spacing)))
             files = [Path(scratch) / "image.nrrd", Path(scratch) / "prompts.nrrd"]
-            for path, array in zip(files, (volume, sparse), strict=True):
+            for path, array in zip(files, (volume, sparse)):
                 write_volume(path, Volume(array, geometry))
         for repeat in range(args.repeats):
             seconds = dict.fromkeys(PHASES, 0.0)

@@ -72,7 +72,7 @@ def render_contrast(tissues: np.ndarray, rng: np.random.Generator) -> np.ndarray
     stds = rng.uniform(0.0, 0.04, n_tissues)
     image = means[tissues] + stds[tissues] * ndimage.gaussian_filter(rng.standard_normal(tissues.shape), 1.0)
     coarse = rng.standard_normal(tuple(max(2, n // 8) for n in tissues.shape))
-    zoom = [n / c for n, c in zip(tissues.shape, coarse.shape, strict=True)]
+    zoom = [n / c for n, c in zip(tissues.shape, coarse.shape)]
     bias = np.exp(rng.uniform(0.0, 0.3) * ndimage.zoom(coarse, zoom, order=3, grid_mode=True, mode="nearest"))
     image = ndimage.gaussian_filter(image * bias, rng.uniform(0.0, 1.0))
     image += rng.normal(0.0, rng.uniform(0.0, 0.03), image.shape)

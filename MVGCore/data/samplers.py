@@ -196,7 +196,7 @@ class InContextDataset(Dataset):
         )
         flips, jitter = self._shared_augment(rng)
         halves = []
-        for case, position in zip((prompt_case, query_case), positions, strict=True):
+        for case, position in zip((prompt_case, query_case), positions):
             image, label = self.store.image(case, position, channel), self.store.label(case, position)
             image, label = self._crop_pair(rng, flips, image, label, other_is_label=True)
             halves.append((jitter(image), label.astype(np.int64)))
@@ -224,7 +224,7 @@ class InContextDataset(Dataset):
         model = _weighted_choice(rng, sorted(weights), [weights[m] for m in sorted(weights)])
         level = noise_level(model, rng)  # one noise model and level shared: the prompt shows it
         out = {}
-        for half, position in zip(("prompt", "query"), positions, strict=True):
+        for half, position in zip(("prompt", "query"), positions):
             clean = self.store.target(case, position) if real else self.store.image(case, position, channel)
             if real:
                 degraded = self.store.image(case, position, 0)
@@ -243,7 +243,7 @@ class InContextDataset(Dataset):
         flips, jitter = self._shared_augment(rng)
         models = sorted(m for m, w in self.config.holes.items() if w > 0)
         out = {}
-        for half, position in zip(("prompt", "query"), positions, strict=True):
+        for half, position in zip(("prompt", "query"), positions):
             clean = jitter(self._crop_pair(rng, flips, self.store.image(case, position, channel))[0])
             model = _weighted_choice(rng, models, [self.config.holes[m] for m in models])
             hole = make_hole(model, clean.shape, rng)
@@ -265,9 +265,7 @@ class InContextDataset(Dataset):
         )
         flips, jitter = self._shared_augment(rng)
         out = {}
-        for half, case, position in zip(
-            ("prompt", "query"), (prompt_case, query_case), positions, strict=True
-        ):
+        for half, case, position in zip(("prompt", "query"), (prompt_case, query_case), positions):
             image = self._channel(case, position, source)
             other = self._channel(case, position, target)
             image, other = self._crop_pair(rng, flips, image, other)

@@ -329,7 +329,7 @@ def _split_channels(image: Path, channels: int, split_dir: Path | None, dataset:
     if len(volumes) != channels:
         raise ValueError(f"{image}: dataset.json lists {channels} modalities, the image has {len(volumes)}")
     split_dir.mkdir(parents=True, exist_ok=True)
-    for volume, output in zip(volumes, outputs, strict=True):
+    for volume, output in zip(volumes, outputs):
         if not output.exists():
             write_volume(output, volume)
     return outputs

