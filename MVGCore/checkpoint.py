@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from MVGCore.config import MVGConfig
@@ -70,13 +71,36 @@ def load_tensors(path: str | Path, verify: bool = True) -> tuple[dict[str, torch
     side = sidecar_path(path)
     if not side.is_file():
         raise FileNotFoundError(f"checkpoint {path} has no JSON sidecar {side.name} (config and sha256)")
-    meta = json.loads(side.read_text())
-    if verify and meta.get("sha256") != (actual := sha256_of(path)):
-        raise ValueError(
-            f"checkpoint {path} is corrupt or was replaced: sha256 {actual} differs from "
-            f"{meta.get('sha256')} recorded in {side.name}"
-        )
-    return load_file(path), meta
+    meta = read_sidecar(side)
+    if verify:
+        recorded = meta.get("sha256")
+        if not isinstance(recorded, str) or not recorded.strip():
+            raise ValueError(f"checkpoint sidecar {side} records no sha256 of {path.name} to verify it")
+        actual = sha256_of(path)
+        if recorded.strip().lower() != actual:
+            raise ValueError(
+                f"checkpoint {path} is corrupt or was replaced: sha256 {actual} differs from "
+                f"{recorded} recorded in {side.name}"
+            )
+    return _load_safetensors(path), meta
+
+
+def read_sidecar(side: Path) -> dict[str, Any]:
+    """The JSON object of a checkpoint sidecar; an unparsable or non-object file is named."""
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot parse checkpoint sidecar {side}: {error}") from error
+    if not isinstance(meta, dict):
+        raise ValueError(f"checkpoint sidecar {side} must hold a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except SafetensorError as error:
+        raise ValueError(f"cannot read weights {path}: not a complete safetensors file ({error})") from error
 
 
 def save_model(
@@ -100,8 +124,17 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> tuple[MVGModel, 
     tensors, meta = load_tensors(path)
     if "config" not in meta:
         raise ValueError(f"{sidecar_path(path)} has no 'config'; it is not an MVGCore model checkpoint")
-    model = MVGModel(MVGConfig.from_dict(meta["config"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    try:
+        model = MVGModel(MVGConfig.from_dict(meta["config"]))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{sidecar_path(path)}: invalid model config: {error}") from error
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[:2]
+        raise ValueError(
+            f"weights {path} do not fit the model config in {sidecar_path(path).name}: {' '.join(first)}"
+        ) from error
     return model, meta
 
 
@@ -115,7 +148,7 @@ def load_state_dict_file(path: str | Path, allow_pickle: bool = False) -> dict[s
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(path)
+        return _load_safetensors(path)
     if not allow_pickle:
         raise ValueError(
             f"refusing to unpickle {path}: pickle files can run code. Convert it to .safetensors, "

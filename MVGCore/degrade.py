@@ -38,6 +38,7 @@ def _as_image(image: np.ndarray) -> np.ndarray:
 def gaussian(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Additive white Gaussian noise, clipped back to [0, 1]."""
     image = _as_image(image)
+    _check_sigma("gaussian", sigma)
     noisy = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
     return np.clip(noisy, 0.0, 1.0)
 
@@ -45,6 +46,7 @@ def gaussian(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nd
 def rician(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Magnitude of a complex signal with Gaussian noise in both channels, as in magnitude MR."""
     image = _as_image(image)
+    _check_sigma("rician", sigma)
     real = image + rng.normal(0.0, sigma, image.shape)
     imag = rng.normal(0.0, sigma, image.shape)
     return np.clip(np.hypot(real, imag), 0.0, 1.0).astype(np.float32)
@@ -131,7 +133,24 @@ def check_noise_model(model: str) -> str:
 
 def add_noise(image: np.ndarray, model: str, level: float, rng: np.random.Generator) -> np.ndarray:
     """``image`` degraded by noise ``model`` at ``level`` (see :data:`NOISE_LEVELS` for its meaning)."""
-    return NOISE_MODELS[check_noise_model(model)](image, level, rng)
+    return NOISE_MODELS[check_noise_model(model)](image, check_noise_level(model, level), rng)
+
+
+def check_noise_level(model: str, level: float) -> float:
+    """``level`` if it is a valid level of ``model``: a standard deviation >= 0 for gaussian and
+    rician, a positive photon count or number of looks for the others."""
+    check_noise_model(model)
+    level = float(level)
+    sigma = model in ("gaussian", "rician")
+    if not np.isfinite(level) or level < 0 or (level == 0 and not sigma):
+        meaning = "a standard deviation >= 0" if sigma else "positive"
+        raise ValueError(f"noise level of {model!r} must be {meaning}, got {level:g}")
+    return level
+
+
+def _check_sigma(model: str, sigma: float) -> None:
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"{model} noise standard deviation must be >= 0, got {sigma}")
 
 
 def box_hole(

@@ -49,8 +49,27 @@ def parse_window(text: str) -> str | tuple[float, float]:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--window must be a preset name or LOW,HIGH, got {text!r}"
+            f"--window must be a preset name or LOW,HIGH (two numbers), got {text!r}"
         ) from None
+    try:
+        return check_window((low, high))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--window {text}: {error}") from None
+
+
+def check_window(window: tuple[float, float]) -> tuple[float, float]:
+    """An explicit (low, high) window: finite, with low below high.
+
+    An inverted or empty window the user gave is refused rather than repaired: mapping every value
+    to one side of it would silently flatten the whole output.
+    """
+    if len(window) != 2:
+        raise ValueError(f"a window is two numbers (low, high), got {window!r}")
+    low, high = (float(w) for w in window)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"window ({low:g}, {high:g}) must be two finite numbers")
+    if not low < high:
+        raise ValueError(f"window ({low:g}, {high:g}) is inverted or empty: LOW must be below HIGH")
     return low, high
 
 
@@ -82,17 +101,16 @@ def intensity_range(
             raise ValueError(f"unknown CT window {window!r}; presets are {sorted(CT_WINDOWS)}")
         window = CT_WINDOWS[window]
     if window is not None:
-        low, high = (float(w) for w in window)
-    else:
-        values = np.asarray(array)
-        if values.size > 4_000_000:  # percentiles of a strided subsample are accurate and cheap
-            values = values.reshape(-1)[:: values.size // 2_000_000]
-        finite = values[np.isfinite(values)]
-        if finite.size == 0:
-            raise ValueError("cannot normalise an image with no finite voxels")
-        low, high = (float(v) for v in np.percentile(finite, percentiles))
+        return IntensityRange(*check_window(window))
+    values = np.asarray(array)
+    if values.size > 4_000_000:  # percentiles of a strided subsample are accurate and cheap
+        values = values.reshape(-1)[:: values.size // 2_000_000]
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        raise ValueError("cannot normalise an image with no finite voxels")
+    low, high = (float(v) for v in np.percentile(finite, percentiles))
     if not high > low:
-        high = low + 1.0  # constant image: map it to 0 rather than divide by zero
+        high = low + 1.0  # constant image (not a window the user gave): map it to 0, no division by zero
     return IntensityRange(low, high)
 
 

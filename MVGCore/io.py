@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .termination import sigterm_raises
 from .types import Geometry, Volume
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as DI
 
 def read_volume(path: str | Path) -> Volume:
     """The image at ``path`` (file or DICOM series folder) as a Volume with its geometry."""
-    path = Path(path)
+    path = check_path_encoding(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
     if path.is_dir():
@@ -46,7 +49,7 @@ def read_volume(path: str | Path) -> Volume:
 
 def read_channels(path: str | Path) -> list[Volume]:
     """The channels of a 4D image (e.g. multi-modal MSD files) as 3D volumes; a 3D image is one channel."""
-    path = Path(path)
+    path = check_path_encoding(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
     try:
@@ -65,7 +68,7 @@ def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
 
     Lets dataset validation compare grids of large volumes without loading their voxels.
     """
-    path = Path(path)
+    path = check_path_encoding(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
     if path.is_dir() or _is_dicom_file(path) or path.name.lower().endswith(_IMAGE_2D_SUFFIXES):
@@ -84,28 +87,107 @@ def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
     return shape, _geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
 
 
+def read_labels(path: str | Path) -> Volume:
+    """A label file as integer class ids, by the one rule every reader of label files follows.
+
+    Integer and bool labels are kept as they are. Many tools save labels as floats; whole-number
+    floats are accepted and converted to the smallest unsigned integer type that holds them.
+    Fractions, NaN/inf and negative values are refused, naming the file.
+    """
+    volume = read_volume(path)
+    return Volume(class_ids(volume.array, f"label {path}"), volume.geometry)
+
+
+def class_ids(array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` as non-negative integer class ids (see :func:`read_labels`); ``name`` is for errors."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        return array
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{name} has dtype {array.dtype}; labels must be integer class ids")
+    if array.size and array.min() < 0:
+        raise ValueError(f"{name} holds negative values ({array.min()}); class ids must be >= 0")
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    if not np.isfinite(array).all() or np.any(array != np.round(array)):
+        raise ValueError(f"{name} holds non-integer values; labels must be integer class ids")
+    top = int(array.max()) if array.size else 0
+    return array.astype(np.result_type(np.uint8, np.min_scalar_type(top)))
+
+
+def check_path_encoding(path: str | Path, what: str = "") -> Path:
+    """``path`` as a Path, refused if SimpleITK cannot be handed its name.
+
+    Under an ASCII file-name encoding (e.g. ``LC_ALL=C`` without Python's UTF-8 mode) a name with
+    other characters reaches Python as undecodable bytes, and SimpleITK aborts the whole process
+    on it (a C++ ``std::logic_error``, after any work already done). So it is refused up front.
+    """
+    text = str(path)
+    encoding = sys.getfilesystemencoding()
+    for codec in dict.fromkeys((encoding, "utf-8")):
+        try:
+            text.encode(codec)
+        except UnicodeEncodeError:
+            label = f"{what} " if what else ""
+            raise ValueError(
+                f"{label}{text!a}: the name holds characters this system's file-name encoding "
+                f"({encoding}) cannot represent, and SimpleITK cannot open such a name; rename it "
+                "with ASCII characters or run under a UTF-8 locale (e.g. LC_ALL=C.UTF-8)"
+            ) from None
+    return Path(path)
+
+
 def write_volume(path: str | Path, volume: Volume, overwrite: bool = False) -> Path:
     """Write ``volume`` to ``path`` atomically; an existing file is kept unless ``overwrite``."""
-    path = Path(path)
-    suffix = next((s for s in WRITE_SUFFIXES if path.name.lower().endswith(s)), None)
-    if suffix is None:
+    return write_volumes([(path, volume)], overwrite)[0]
+
+
+def write_volumes(items: Sequence[tuple[str | Path, Volume]], overwrite: bool = False) -> list[Path]:
+    """Write every ``(path, volume)`` or none of them.
+
+    All paths are checked first; each volume is then written to a hidden temporary file beside
+    its target, and only when all are complete are they renamed into place. On any error, and on
+    SIGTERM, the temporary files are removed and nothing the user had is changed.
+    """
+    paths = [_writable(Path(path), overwrite) for path, _ in items]
+    unique = {os.path.abspath(p) for p in paths}
+    if len(unique) != len(paths):
+        raise ValueError(f"the same output file is named twice: {[str(p) for p in paths]}")
+    temporaries: list[Path] = []
+    with sigterm_raises():
+        try:
+            for path, (_, volume) in zip(paths, items):
+                suffix = next(s for s in WRITE_SUFFIXES if path.name.lower().endswith(s))
+                temporaries.append(path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}"))
+                sitk.WriteImage(_to_sitk(volume), str(temporaries[-1]), True)
+            for temporary, path in zip(temporaries, paths):
+                os.replace(temporary, path)
+        finally:
+            for temporary in temporaries:
+                temporary.unlink(missing_ok=True)
+    return paths
+
+
+def _writable(path: Path, overwrite: bool) -> Path:
+    check_path_encoding(path)
+    if not path.name.lower().endswith(WRITE_SUFFIXES):
         raise ValueError(f"cannot write {path}: the name must end with one of {WRITE_SUFFIXES}")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+    return path
+
+
+def _to_sitk(volume: Volume) -> sitk.Image:
     array = volume.array.astype(np.uint8) if volume.array.dtype == bool else volume.array
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     image.SetSpacing(volume.geometry.spacing)
     image.SetOrigin(volume.geometry.origin)
     image.SetDirection(volume.geometry.direction)
-    temporary = path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}")
-    try:
-        sitk.WriteImage(image, str(temporary), True)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return image
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -140,6 +222,7 @@ def _read_dicom_file(path: Path) -> Volume:
 def _read_dicom_with_pydicom(path: Path) -> Volume:
     try:
         import pydicom
+        import pydicom.errors
     except ImportError as error:
         raise ValueError(
             f"SimpleITK cannot decode {path} and pydicom is not installed (pip install pydicom, plus "
@@ -147,12 +230,20 @@ def _read_dicom_with_pydicom(path: Path) -> Volume:
         ) from error
     try:
         dataset = pydicom.dcmread(str(path))
+    except pydicom.errors.InvalidDicomError as error:
+        raise ValueError(f"cannot read {path}: it is not a DICOM file (it has no DICOM header)") from error
+    except Exception as error:  # pydicom raises many types for damaged files
+        raise ValueError(f"cannot read {path}: it is not a readable DICOM file ({error})") from error
+    try:
         pixels = dataset.pixel_array  # pydicom >= 3 converts YBR colour to RGB here
-    except Exception as error:  # pydicom raises many types for unreadable/undecodable data
-        raise ValueError(
-            f"cannot decode DICOM {path}: {error}. Compressed transfer syntaxes need "
-            "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
-        ) from error
+    except Exception as error:  # pydicom raises many types for undecodable pixel data
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        hint = (
+            ". Compressed transfer syntaxes need pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
+            if getattr(syntax, "is_compressed", False)
+            else ""
+        )
+        raise ValueError(f"cannot decode the pixels of DICOM {path}: {error}{hint}") from error
     if str(dataset.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         pixels = _invert_monochrome1(pixels, int(dataset.get("BitsStored", 16)))
     if int(dataset.get("SamplesPerPixel", 1)) > 1:

@@ -87,6 +87,13 @@ class Prompt:
     index: int | None = None
 
     def __post_init__(self) -> None:
+        if self.index is not None:
+            if isinstance(self.index, (bool, np.bool_)) or not isinstance(self.index, (int, np.integer)):
+                raise ValueError(
+                    f"Prompt.index must be a whole slice number or None, got {self.index!r} "
+                    f"({type(self.index).__name__})"
+                )
+            self.index = int(self.index)
         if self.image.ndim != 2 or self.target.ndim != 2:
             raise ValueError(
                 f"Prompt image and target must be 2D slices, got {self.image.shape} and {self.target.shape}"
