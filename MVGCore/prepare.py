@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cli
 from .canvas import fit_to_tile
 from .data.sources import Case, load_cases, validate_cases
 from .data.store import StoreWriter
 from .intensity import intensity_range, parse_window
-from .io import read_volume
+from .io import read_labels, read_volume
 from .types import CancelToken, ProgressFn
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def prepare(
 def _add_case(writer: StoreWriter, case: Case, window: str | tuple[float, float] | None) -> None:
     size, axis = writer.tile_size, writer.axis
     volumes = [read_volume(path) for path in case.images]
-    label = _read_on_grid(case.label, volumes[0].array.shape)
+    label = _read_on_grid(case.label, volumes[0].array.shape, labels=True)
     target = _read_on_grid(case.target, volumes[0].array.shape)
     spacing = tuple(s for a, s in enumerate(volumes[0].geometry.spacing_kji) if a != axis)
     ranges = [intensity_range(v.array, m, window) for v, m in zip(volumes, case.modalities)]
@@ -136,10 +137,12 @@ def _add_case(writer: StoreWriter, case: Case, window: str | tuple[float, float]
     log.info("case %r of %r: kept %d slices", case.case_id, case.dataset, len(kept["slices"]))
 
 
-def _read_on_grid(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | None:
+def _read_on_grid(path: Path | None, shape: tuple[int, ...], labels: bool = False) -> np.ndarray | None:
+    """The file's array, checked to be on the image grid; labels are read by the one label rule
+    (:func:`MVGCore.io.read_labels`: whole-number floats accepted), as predict reads them."""
     if path is None:
         return None
-    array = read_volume(path).array
+    array = (read_labels(path) if labels else read_volume(path)).array
     if array.shape != shape:
         raise ValueError(f"{path} has shape {array.shape} (k, j, i) but its image has {shape}")
     return array
@@ -147,8 +150,6 @@ def _read_on_grid(path: Path | None, shape: tuple[int, ...]) -> np.ndarray | Non
 
 def _class_ids(label: np.ndarray, path: Path) -> np.ndarray:
     """Labels as uint8 class ids; the store keeps the user's ids, so they must fit 0..255."""
-    if not np.issubdtype(label.dtype, np.integer) and np.any(label != np.round(label)):
-        raise ValueError(f"label {path} holds non-integer values; labels must be integer class ids")
     if label.min() < 0 or label.max() > 255:
         raise ValueError(
             f"label {path} has class ids {label.min()}..{label.max()}; the store holds 0..255 "
@@ -173,10 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slice axis in (k, j, i)")
     parser.add_argument("--window", type=parse_window, help="CT window: preset name or LOW,HIGH in HU")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(cli.attach_dash_values(argv, ("--window",)))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if not args.data and args.open_samples is None:
         parser.error("give at least one --data PATH or --open-samples")
+    if args.out.exists():  # before every file is read, not after
+        raise FileExistsError(f"--out {args.out} already exists; choose a new folder for the store")
 
     cases: list[Case] = []
     for path in args.data:
@@ -199,4 +204,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "python -m MVGCore.prepare"))

@@ -18,8 +18,8 @@ import numpy as np
 import yaml
 
 from ..intensity import MODALITIES, check_modality
-from ..io import read_channels, read_geometry, read_volume, write_volume
-from ..types import TASKS, Volume
+from ..io import read_channels, read_geometry, read_labels, write_volume
+from ..types import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,7 @@ def load_nnunet(root: str | Path) -> list[Case]:
     root = Path(root)
     description = _read_dataset_json(root)
     channels = description.get("channel_names") or description.get("modality")
-    if not isinstance(channels, dict) or not channels:
-        raise ValueError(f"{root / 'dataset.json'}: 'channel_names' must map channel numbers to names")
-    names = [channels[key] for key in sorted(channels, key=int)]
+    names = _channel_names(channels, root / "dataset.json", "channel_names")
     ending = description.get("file_ending", ".nii.gz")
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     if not images_dir.is_dir():
@@ -158,7 +156,7 @@ def load_msd(root: str | Path, split_dir: str | Path | None = None) -> list[Case
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{root / 'dataset.json'}: 'training' must be a non-empty list of image/label pairs")
     channels = description.get("modality") or description.get("channel_names") or {"0": "OTHER"}
-    names = [channels[key] for key in sorted(channels, key=int)]
+    names = _channel_names(channels, root / "dataset.json", "modality")
     dataset = description.get("name") or root.name
     license = str(description.get("licence") or description.get("license") or "")
     cases = []
@@ -263,10 +261,9 @@ def validate_cases(cases: Iterable[Case], require_foreground: bool = True) -> li
             if other is not None:
                 _check_same_grid(other, read_geometry(other), case.images[0], (shape, geometry))
         if case.label is not None:
-            label = read_volume(case.label)
+            label = read_labels(case.label)  # the one label rule, shared with predict
             grid = (label.array.shape, label.geometry)
             _check_same_grid(case.label, grid, case.images[0], (shape, geometry))
-            _check_label_values(case.label, label)
             if require_foreground and not label.array.any():
                 log.warning("skipping case %r: label %s has no foreground", case.case_id, case.label)
                 continue
@@ -293,13 +290,14 @@ def _check_same_grid(path: Path, grid: tuple, reference: Path, expected: tuple) 
             )
 
 
-def _check_label_values(path: Path, label: Volume) -> None:
-    values = label.array
-    if not (np.issubdtype(values.dtype, np.integer) or values.dtype == bool):
-        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
-            raise ValueError(f"label {path} holds non-integer values; labels must be integer class ids")
-    if values.size and values.min() < 0:
-        raise ValueError(f"label {path} holds negative values ({values.min()}); class ids must be >= 0")
+def _channel_names(channels: object, file: Path, key: str) -> list[str]:
+    """Channel names in channel order from a dataset.json mapping {"0": "CT", "1": "T2", ...}."""
+    if not isinstance(channels, dict) or not channels:
+        raise ValueError(f'{file}: {key!r} must map channel numbers to names, e.g. {{"0": "CT"}}')
+    bad = [k for k in channels if not str(k).strip().isdigit()]
+    if bad:
+        raise ValueError(f'{file}: {key!r} keys must be channel numbers ("0", "1", ...), got {bad}')
+    return [str(channels[k]) for k in sorted(channels, key=lambda k: int(str(k)))]
 
 
 def _read_dataset_json(root: Path) -> dict:

@@ -13,8 +13,9 @@ tile size, to three flat arrays that any number of loader workers can map withou
   slice with the reason, and how each case was normalised and fitted.
 
 The store is built in a hidden sibling folder and renamed into place when complete, so a
-crashed or cancelled prepare never leaves something that looks like a store. This module
-imports neither SimpleITK nor ``MVGCore.io``: training needs only numpy.
+crashed, cancelled or killed (SIGTERM) prepare never leaves something that looks like a store,
+nor the half-built hidden folder. This module imports neither SimpleITK nor ``MVGCore.io``:
+training needs only numpy.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..termination import sigterm_raises
 
 STORE_FORMAT = "mvg-slice-store"
 STORE_VERSION = 1
@@ -216,13 +220,19 @@ class StoreWriter:
         shutil.rmtree(self._building, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:
+        # SIGTERM raises inside the block, so the hidden building folder is removed on a kill too.
+        self._signals = ExitStack()
+        self._signals.enter_context(sigterm_raises())
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if kind is None:
-            self.commit()
-        else:
-            self.abort()
+        try:
+            if kind is None:
+                self.commit()
+            else:
+                self.abort()
+        finally:
+            self._signals.close()
 
 
 class SliceStore:
