@@ -16,10 +16,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from MVGCore import cli
 from MVGCore.types import Prompt, Volume
+
+if TYPE_CHECKING:
+    from MVGCore.predict import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "Resources" / "Models" / "mvg_tiny_default.safetensors"
@@ -75,7 +80,12 @@ def new_output_folder(base: Path) -> Path:
     return candidate
 
 
-def run_demo(model: Path, out: Path, device: str = "auto") -> DemoResult:
+def run_demo(model: str | Path | Predictor, out: Path, device: str = "auto") -> DemoResult:
+    """Run the three demo tasks into the existing folder ``out``.
+
+    ``model`` is a checkpoint path or a Predictor already loaded (the CLI loads it before it
+    creates the output folder, so a bad model leaves no empty folder behind).
+    """
     from MVGCore.baselines import ClassicalBaseline
     from MVGCore.figures import Panel, montage
     from MVGCore.intensity import intensity_range
@@ -85,7 +95,7 @@ def run_demo(model: Path, out: Path, device: str = "auto") -> DemoResult:
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    predictor = Predictor.from_checkpoint(model, device=device)
+    predictor = model if isinstance(model, Predictor) else Predictor.from_checkpoint(model, device=device)
     image, truth = read_volume(SAMPLE_IMAGE), read_volume(SAMPLE_LABEL)
     seconds["load"] = time.perf_counter() - start
     volume = image.array.astype(np.float32)
@@ -206,15 +216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="MVGCore checkpoint (.safetensors)")
     parser.add_argument("--out", type=Path, default=Path("mvg_demo_output"), help="output folder (a new one)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     for path in (args.model, SAMPLE_IMAGE, SAMPLE_LABEL):
         if not path.is_file():
             parser.error(f"{path} not found (run from a checkout of MVGSlicer, or pass --model)")
+    from MVGCore.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(args.model, device=args.device)  # before any folder is made
     out = new_output_folder(args.out)
-    result = run_demo(args.model, out, args.device)
+    result = run_demo(predictor, out)
     print(format_result(result))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli.run(main, "python -m MVGCore.demo"))

@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from . import cli
 from .checkpoint import atomic_write
 from .data.sources import Case
-from .degrade import HOLE_MODELS, NOISE_MODELS, add_noise, make_hole
+from .degrade import HOLE_MODELS, NOISE_MODELS, add_noise, check_noise_level, make_hole
 from .figures import Panel, montage
 from .intensity import IntensityRange, intensity_range
 from .metrics import dice_per_class, hd95, psnr, ssim, summarize
@@ -72,6 +73,7 @@ class Settings:
         if self.n_prompts < 1:
             raise ValueError(f"n_prompts must be at least 1, got {self.n_prompts}")
         check_axis(self.axis)
+        check_noise_level(self.noise, self.noise_level)
         if self.noise not in NOISE_MODELS:
             raise ValueError(f"noise must be one of {sorted(NOISE_MODELS)}, got {self.noise!r}")
         if self.hole not in HOLE_MODELS:
@@ -262,6 +264,7 @@ def evaluate(
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
+    _check_prompt_count(cases, settings)
     records = []
     for number, case in enumerate(cases):
         for task in (t for t in settings.tasks if t in case.tasks):
@@ -287,6 +290,20 @@ def evaluate(
     _write_json(out / "summary.json", {"settings": asdict(settings), "summary": _summary(records, names)})
     atomic_write(out / "summary.md", lambda temp: Path(temp).write_text(table + "\n"))
     return records
+
+
+def _check_prompt_count(cases: Sequence[Case], settings: Settings) -> None:
+    """Prompts are slices of each case itself, so as many prompts as slices leave nothing to score;
+    refused (from the headers alone) before any report file is written."""
+    from .io import read_geometry
+
+    for case in cases:
+        slices = read_geometry(case.images[0])[0][settings.axis]
+        if slices >= 2 and settings.n_prompts >= slices:  # single images are skipped with a reason
+            raise ValueError(
+                f"--prompts {settings.n_prompts} leaves no slice to score: case {case.case_id!r} "
+                f"({case.images[0]}) has {slices} slices along axis {settings.axis}; use fewer prompts"
+            )
 
 
 def _record(trial: Trial, settings: Settings) -> dict[str, Any]:
@@ -476,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--allow-pickle", action="store_true", help="allow a trusted pickle checkpoint")
     parser.add_argument("--quiet", action="store_true")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.checkpoint is None and not args.baselines:
@@ -510,4 +528,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "python -m MVGCore.evaluate"))

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import cli
 from .canvas import (
     TileFit,
     build_canvases,
@@ -38,6 +40,7 @@ from .canvas import (
     unfit_from_tile,
 )
 from .checkpoint import PICKLE_SUFFIXES, load_model, load_state_dict_file, sidecar_path
+from .cli import attach_dash_values
 from .coloring import check_labels, color_table, decode
 from .config import MVGConfig
 from .intensity import IntensityRange, check_modality, intensity_range, parse_window
@@ -449,11 +452,9 @@ class Predictor:
             clean = self._tile(in_range.normalize(take_slice(volume, axis, position)), False, spacing)
             r, c = fit.offset
             content = clean[r : r + fit.content[0], c : c + fit.content[1]]
-            sigma = (
-                max(float(estimate_sigma(content)), MIN_AUTO_NOISE)
-                if min(content.shape) > 1
-                else MIN_AUTO_NOISE
-            )
+            # A constant slice has no noise to estimate (NaN): the floor is used, as for 1-pixel sides.
+            sigma = float(estimate_sigma(content)) if min(content.shape) > 1 else MIN_AUTO_NOISE
+            sigma = max(sigma, MIN_AUTO_NOISE) if np.isfinite(sigma) else MIN_AUTO_NOISE
             noisy = np.zeros_like(clean)
             noisy[r : r + fit.content[0], c : c + fit.content[1]] = gaussian(content, sigma, rng)
             examples.append(_Example(noisy, clean, position))
@@ -698,7 +699,14 @@ def _check_volume(array: np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a 3D (k, j, i) array, got {array.ndim}D shape {array.shape}{hint}")
     if min(array.shape) < 1:
         raise ValueError(f"{name} is empty: shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+    if np.iscomplexobj(array):
+        raise ValueError(
+            f"{name} holds complex values (dtype {array.dtype}); MVG works on real images: pass the "
+            "magnitude (np.abs) or the real part, as you mean it"
+        )
+    if array.dtype == np.bool_:
+        return array.view(np.uint8)  # a mask as 0/1 intensities, without a copy
+    if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
     for k in range(array.shape[0]):  # slice by slice: no whole-volume boolean copy
         _check_finite(array[k], f"{name} slice {k} (axis 0)")
@@ -793,12 +801,86 @@ def _prompt_slices(
     return sorted(set(chosen))
 
 
+INPUT_FLAGS = ("checkpoint", "input", "prompts", "prompt_image", "prompt_target", "hole")
+OUTPUT_FLAGS = ("output", "disagreement")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """What can be known about the paths before anything is read: every output has a volume
+    suffix, lies in an existing writable folder, is new (or --overwrite), and is neither an input
+    nor another output; no name is one SimpleITK would abort on."""
+    from .io import WRITE_SUFFIXES, check_path_encoding
+
+    inputs = {_flag(n): getattr(args, n) for n in INPUT_FLAGS if getattr(args, n) is not None}
+    outputs = {_flag(n): getattr(args, n) for n in OUTPUT_FLAGS if getattr(args, n) is not None}
+    for flag, path in {**inputs, **outputs}.items():
+        check_path_encoding(path, flag)
+    if args.hole is not None and args.task != "inpaint":
+        raise ValueError(f"--hole is only used by --task inpaint, not by --task {args.task}; leave it out")
+    checked: dict[str, Path] = {}
+    for flag, path in outputs.items():
+        for other_flag, other in {**inputs, **checked}.items():
+            if _same_file(path, other):
+                what = other_flag.lstrip("-").replace("-", " ")
+                raise ValueError(f"{flag} {path} is the {what} file ({other_flag}); choose a new file")
+        if not path.name.lower().endswith(WRITE_SUFFIXES):
+            raise ValueError(f"{flag} {path}: the name must end with one of {', '.join(WRITE_SUFFIXES)}")
+        folder = Path(os.path.abspath(path)).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{flag} {path}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"{flag} {path}: folder {folder} is not writable")
+        if path.is_dir():
+            raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{flag} {path} exists; choose a new file or pass --overwrite")
+        checked[flag] = path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _read_target(path: Path, task: str, flag: str):
+    """A prompt target file: label class ids for segmentation (whole-number floats accepted, by
+    :func:`MVGCore.io.read_labels`), else a finite real image; errors name the flag and file."""
+    from .io import read_labels, read_volume
+
+    if task != "segment":
+        volume = read_volume(path)
+        _check_volume(volume.array, f"{flag} {path}")
+        return volume
+    volume = read_labels(path)
+    if volume.array.dtype != np.bool_:
+        check_labels(volume.array, f"{flag} {path}")
+    return volume
+
+
+def _read_hole(args: argparse.Namespace, image) -> np.ndarray:
+    from .io import read_volume
+
+    if args.hole is None:
+        raise ValueError("--task inpaint needs --hole MASK (non-zero = voxels to fill)")
+    hole = read_volume(args.hole)
+    _same_grid(args.hole, hole, image, f"--input {args.input}")
+    mask = hole.array != 0
+    if not mask.any():
+        raise ValueError(f"--hole {args.hole} marks no voxel (it is all zero); mark the voxels to fill")
+    return mask
+
+
 def _collect_prompts(args: argparse.Namespace, image) -> list[Prompt]:
     from .io import read_volume
 
     prompts: list[Prompt] = []
     if args.prompts is not None:
-        sparse = read_volume(args.prompts)
+        sparse = _read_target(args.prompts, args.task, "--prompts")
         _same_grid(args.prompts, sparse, image, f"--input {args.input}")
         for index in _prompt_slices(args.prompts, sparse.array, args.axis, args.slices, "--slices"):
             prompts.append(
@@ -808,7 +890,8 @@ def _collect_prompts(args: argparse.Namespace, image) -> list[Prompt]:
         raise ValueError("--prompt-image and --prompt-target go together (another volume and its target)")
     if args.prompt_image is not None:
         other = read_volume(args.prompt_image)
-        target = read_volume(args.prompt_target)
+        _check_volume(other.array, f"--prompt-image {args.prompt_image}")
+        target = _read_target(args.prompt_target, args.task, "--prompt-target")
         _same_grid(args.prompt_target, target, other, f"--prompt-image {args.prompt_image}")
         slices = _prompt_slices(
             args.prompt_target, target.array, args.axis, args.prompt_slices, "--prompt-slices"
@@ -856,27 +939,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-pickle", action="store_true", help="allow a trusted pickle checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    cli.add_debug_flag(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .io import read_volume, write_volume
+    """Run the CLI; bad input raises (naming the file or flag) before the model is loaded.
+
+    ``python -m MVGCore.predict`` reports those errors as one line (:mod:`MVGCore.cli`).
+    """
+    from .io import read_volume, write_volumes
     from .types import Volume
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(attach_dash_values(argv, ("--window",)))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    outputs = [p for p in (args.output, args.disagreement) if p is not None]
-    for path in outputs:
-        if path.resolve() == args.input.resolve():
-            raise ValueError(f"output {path} is the input file; choose a new file")
-        if path.exists() and not args.overwrite:
-            raise FileExistsError(f"{path} exists; choose a new file or pass --overwrite")
+    _check_paths(args)
     image = read_volume(args.input)
+    _check_volume(image.array, f"--input {args.input}")
     prompts = _collect_prompts(args, image)
     if args.task in ("segment", "synthesize") and not prompts:
         raise ValueError(
             f"--task {args.task} needs prompts: --prompts FILE and/or --prompt-image/--prompt-target"
         )
+    hole = _read_hole(args, image) if args.task == "inpaint" else None
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, batch_size=args.batch_size
     )
@@ -892,22 +978,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     run: Callable[..., Any]
     if args.task == "inpaint":
-        if args.hole is None:
-            raise ValueError("--task inpaint needs --hole MASK (non-zero = voxels to fill)")
-        hole = read_volume(args.hole)
-        _same_grid(args.hole, hole, image, f"--input {args.input}")
-        run = lambda **kw: predictor.inpaint(image.array, hole.array != 0, prompts, args.axis, **kw)  # noqa: E731
+        run = lambda **kw: predictor.inpaint(image.array, hole, prompts, args.axis, **kw)  # noqa: E731
     else:
         task = getattr(predictor, args.task)
         run = lambda **kw: task(image.array, prompts, args.axis, **kw)  # noqa: E731
     log.info("%s on %s (%s), %d prompt slice(s)", args.task, args.input, predictor.device, len(prompts))
     result = run(progress=_log_progress(), **options)
     result, spread = result if isinstance(result, tuple) else (result, None)
-    write_volume(args.output, Volume(result, image.geometry), overwrite=args.overwrite)
-    log.info("wrote %s", args.output)
+    items = [(args.output, Volume(result, image.geometry))]
     if spread is not None:
-        write_volume(args.disagreement, Volume(spread, image.geometry), overwrite=args.overwrite)
-        log.info("wrote %s", args.disagreement)
+        items.append((args.disagreement, Volume(spread, image.geometry)))
+    for path in write_volumes(items, overwrite=args.overwrite):  # all outputs or none
+        log.info("wrote %s", path)
     return 0
 
 
@@ -924,4 +1006,4 @@ def _log_progress() -> ProgressFn:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "python -m MVGCore.predict"))
