@@ -228,6 +228,11 @@ def _sample_files(sample: _Sample) -> list[str]:
     return [p for p in (sample.image, sample.label, sample.target) if p]
 
 
+_TOOL_OUTPUT = {"text": True, "encoding": "utf-8", "errors": "replace"}
+"""pip and apt print UTF-8 (progress bars, quotes) whatever the locale; an ASCII locale must not
+turn their output into a UnicodeDecodeError, so it is decoded as UTF-8 with replacement."""
+
+
 def _pip_download(requirement: str, work: Path, sdist: bool = False) -> Path:
     """The archive of ``requirement`` fetched by pip into ``work`` (no install, no dependencies)."""
     if sdist:  # building metadata of an sdist without isolation needs these in this interpreter
@@ -242,7 +247,7 @@ def _pip_download(requirement: str, work: Path, sdist: bool = False) -> Path:
         options = ["--only-binary", ":all:"]
     target = work / "download"
     command = [sys.executable, "-m", "pip", "download", "--no-deps", *options, "-d", str(target), requirement]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, check=False, **_TOOL_OUTPUT)
     archives = sorted(target.glob("*")) if target.exists() else []
     if done.returncode != 0 or not archives:
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
@@ -257,7 +262,7 @@ def _apt_download(package: str, work: Path) -> Path:
             raise RuntimeError(f"obtaining {package} needs {tool}, which this system does not have")
     download = work / "deb"
     download.mkdir()
-    done = subprocess.run(["apt-get", "download", package], cwd=download, capture_output=True, text=True)
+    done = subprocess.run(["apt-get", "download", package], cwd=download, capture_output=True, **_TOOL_OUTPUT)
     debs = sorted(download.glob("*.deb"))
     if done.returncode != 0 or not debs:
         raise RuntimeError(
@@ -265,7 +270,7 @@ def _apt_download(package: str, work: Path) -> Path:
             f"is unknown):\n{done.stderr.strip()}"
         )
     tree = work / "tree"
-    done = subprocess.run(["dpkg", "-x", str(debs[0]), str(tree)], capture_output=True, text=True)
+    done = subprocess.run(["dpkg", "-x", str(debs[0]), str(tree)], capture_output=True, **_TOOL_OUTPUT)
     if done.returncode != 0:
         raise RuntimeError(f"dpkg -x {debs[0].name} failed:\n{done.stderr.strip()}")
     return tree
