@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -41,6 +42,7 @@ import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader
 
+from MVGCore import cli
 from MVGCore.canvas import gray_to_rgb, imagenet_denormalize, query_half
 from MVGCore.checkpoint import PICKLE_SUFFIXES, atomic_write, load_tensors
 from MVGCore.coloring import decode
@@ -51,7 +53,13 @@ from MVGCore.masking import MaskSampler
 from MVGCore.metrics import dice_per_class, psnr
 from MVGCore.model import MVGModel
 from MVGCore.optim import build_optimizer, lr_at, set_lr
-from MVGCore.train_state import last_checkpoint, load_checkpoint, local_rng_state, save_checkpoint
+from MVGCore.train_state import (
+    last_checkpoint,
+    last_step,
+    load_checkpoint,
+    local_rng_state,
+    save_checkpoint,
+)
 from MVGCore.training_batch import (
     CanvasCollator,
     SampleStream,
@@ -387,6 +395,12 @@ def _check_run_folder(config: TrainConfig, out: Path, resume: bool) -> int | Non
                 f"cannot resume {out} with a different config: {changed} differ from {saved_path} "
                 f"(only {list(RESUMABLE_KEYS)} may change)"
             )
+        reached = last_step(checkpoints)
+        if reached is not None and config.steps <= reached:
+            raise ValueError(
+                f"cannot resume {out}: it has reached step {reached} and --steps is {config.steps}; "
+                f"give --steps above {reached} to train further"
+            )
         return None
     if last_checkpoint(checkpoints) is not None:
         raise FileExistsError(
@@ -442,8 +456,20 @@ class _Metrics:
     def _trim(self, start_step: int) -> None:
         """Drop records of steps this run will log again: those a killed run logged after its last
         checkpoint, or (``start_step`` 0) everything an attempt that never checkpointed logged."""
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] < start_step]
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                step = json.loads(line)["step"]
+            except (ValueError, KeyError, TypeError) as error:
+                if number == len(lines):  # the last record, cut off by a kill: it is logged again
+                    log.warning("%s: dropping its unreadable last line (a write cut off)", self.path)
+                    continue
+                raise ValueError(
+                    f"cannot resume: {self.path} line {number} is not a metrics record"
+                ) from error
+            if step < start_step:
+                kept.append(line)
         atomic_write(self.path, lambda temp: Path(temp).write_text("".join(f"{x}\n" for x in kept)))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -483,18 +509,29 @@ def train(
     env = setup_distributed(config.deterministic)
     stop = _StopFlag()
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    wrote_config = made_data = False
     try:
         _check_run_folder(config, out, resume)
         out.mkdir(parents=True, exist_ok=True)
         if env.is_main:
+            wrote_config = not (out / "config.yaml").is_file()
+            made_data = not (out / "data").exists()
             save_config(config, out / "config.yaml")
             log.info(
                 "resolved config (saved to %s):\n%s",
                 out / "config.yaml",
                 yaml.safe_dump(config.to_dict(), sort_keys=False),
             )
-        stop.install()
         return _run(config, out, resume, env, stop, on_step)
+    except BaseException:
+        # A start that failed before its first checkpoint must not block its own retry with a
+        # corrected config ("holds another run's config.yaml"): its config.yaml goes with it, and
+        # so does the data it prepared, which a retry with other data must not silently reuse.
+        if wrote_config and last_checkpoint(out / "checkpoints") is None:
+            (out / "config.yaml").unlink(missing_ok=True)
+            if made_data:
+                shutil.rmtree(out / "data", ignore_errors=True)
+        raise
     finally:
         stop.restore()
         torch.use_deterministic_algorithms(was_deterministic)
@@ -588,6 +625,9 @@ def _run(
             log.info("step %d validation: %s", at, {k: round(v, 4) for k, v in last_val.items()})
         env.barrier()
 
+    # Only now does Ctrl-C/SIGTERM mean "checkpoint and stop": while data is prepared and the model
+    # built there is no step to finish, so they interrupt at once (nothing half-made is kept).
+    stop.install()
     try:
         if not resume:
             run_validation(0)
@@ -703,45 +743,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="number of optimizer steps")
     parser.add_argument("--seed", type=int, help="random seed of data, colors, masks and init")
     parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+    cli.add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(levelname)s %(message)s"
     )
-    try:
-        overrides = dict(parse_override(item) for item in args.set)
-        for key in ("data", "phantoms", "steps", "seed", "init"):
-            value = getattr(args, key)
-            if value is not None:
-                overrides[key] = (
-                    [str(v) for v in value] if key == "data" else (str(value) if key == "init" else value)
-                )
-        if args.resume:
-            base = args.out / "config.yaml"
-            if not base.is_file():
-                raise FileNotFoundError(f"cannot resume: {base} not found (is {args.out} a run folder?)")
-            config = load_config(base, overrides)
-            if args.config is not None and load_config(args.config, overrides).to_dict() != config.to_dict():
-                raise ValueError(
-                    f"--config {args.config} differs from the run's {base}; resume without --config"
-                )
-        else:
-            if args.config is None and not overrides:
-                parser.error("give --config FILE (or settings with --set/--data/--phantoms)")
-            config = load_config(args.config, overrides)
-            # Absolute paths, so that the saved config still works from another directory.
-            config.data = [str(Path(p).resolve()) for p in config.data]
-            for key in ("init", "init_encoder"):
-                if getattr(config, key):
-                    setattr(config, key, str(Path(getattr(config, key)).resolve()))
-        summary = train(config, args.out, resume=args.resume)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        log.error("%s", error)
-        return 2
+    overrides = dict(parse_override(item) for item in args.set)
+    for key in ("data", "phantoms", "steps", "seed", "init"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = (
+                [str(v) for v in value] if key == "data" else (str(value) if key == "init" else value)
+            )
+    if args.resume:
+        base = args.out / "config.yaml"
+        if not base.is_file():
+            raise FileNotFoundError(f"cannot resume: {base} not found (is {args.out} a run folder?)")
+        config = load_config(base, overrides)
+        if args.config is not None and load_config(args.config, overrides).to_dict() != config.to_dict():
+            raise ValueError(f"--config {args.config} differs from the run's {base}; resume without --config")
+    else:
+        if args.config is None and not overrides:
+            parser.error("give --config FILE (or settings with --set/--data/--phantoms)")
+        config = load_config(args.config, overrides)
+        # Absolute paths, so that the saved config still works from another directory.
+        config.data = [str(Path(p).resolve()) for p in config.data]
+        for key in ("init", "init_encoder"):
+            if getattr(config, key):
+                setattr(config, key, str(Path(getattr(config, key)).resolve()))
+    summary = train(config, args.out, resume=args.resume)
     log.info("finished at step %d; last checkpoint %s", summary["step"], summary["checkpoint"])
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, "python -m MVGCore.train"))

@@ -133,10 +133,30 @@ def save_checkpoint(
 
 def last_checkpoint(folder: str | Path) -> Path | None:
     """The model file ``last.json`` points at, or None when the folder holds no checkpoint."""
-    pointer = Path(folder) / LAST
+    last = _read_last(Path(folder))
+    return None if last is None else Path(folder) / last["model"]
+
+
+def last_step(folder: str | Path) -> int | None:
+    """The step of the checkpoint ``last.json`` points at, or None when there is none."""
+    last = _read_last(Path(folder))
+    return None if last is None else last["step"]
+
+
+def _read_last(folder: Path) -> dict[str, Any] | None:
+    pointer = folder / LAST
     if not pointer.is_file():
         return None
-    return Path(folder) / json.loads(pointer.read_text())["model"]
+    try:
+        last = json.loads(pointer.read_text(encoding="utf-8"))
+        if not isinstance(last["model"], str) or isinstance(last["step"], bool) or int(last["step"]) < 0:
+            raise ValueError("bad entries")
+        return {"model": last["model"], "step": int(last["step"])}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"cannot resume: {pointer} is damaged ({error}); it must name the last checkpoint as "
+            '{"step": N, "model": "step_N.safetensors", ...}'
+        ) from error
 
 
 def load_checkpoint(

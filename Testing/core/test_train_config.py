@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from MVGCore import cli
 from MVGCore.train import main
 from MVGCore.training_config import TrainConfig, load_config, parse_override, save_config
 
@@ -75,7 +76,9 @@ def test_shipped_configs_load(name):
     assert config.model_config().tile_size % config.model_config().patch_size == 0
 
 
-def test_cli_reports_config_errors_without_a_traceback(tmp_path, caplog):
-    assert main(["--out", str(tmp_path / "run"), "--phantoms", "2", "--set", "stepz=3"]) == 2
-    assert "stepz" in caplog.text
+def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
+    argv = ["--out", str(tmp_path / "run"), "--phantoms", "2", "--set", "stepz=3"]
+    assert cli.run(main, "python -m MVGCore.train", argv) == 2
+    error = capsys.readouterr().err
+    assert "stepz" in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
