@@ -21,6 +21,15 @@ from MVGCore.types import CancelToken, ProgressFn
 from . import pipeline
 from .engine import Engine
 
+OUTPUT_SUFFIXES = {
+    "segmentation": (".seg.nrrd", ".nrrd"),
+    "volume": (".nrrd", ".nii.gz", ".nii", ".mha"),
+}
+"""Single-file formats Slicer writes for each kind of output node, so a write is one rename.
+
+A name that does not fit its node is refused: Slicer would otherwise write, say, NRRD bytes into
+a file called ``.png``, which no viewer then opens."""
+
 
 class SceneProcessor:
     """Synchronous runs on one scene with one engine; every method returns the new node."""
@@ -99,9 +108,7 @@ def load_segmentation(segmentations_logic: Any, path: str | Path) -> Any:
 
 def save_node(node: Any, path: str | Path) -> Path:
     """Write a volume or segmentation node atomically to a file that must not exist yet."""
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"output file exists already, not overwriting it: {path}")
+    path = check_output(path, "segmentation" if node.IsA("vtkMRMLSegmentationNode") else "volume")
     storage = node.CreateDefaultStorageNode()  # kept out of the scene: saving adds nothing to it
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".seg.nrrd", ".nii.gz")) else path.suffix
     temporary = path.with_name(f".{path.name}.partial{suffix}")
@@ -113,6 +120,29 @@ def save_node(node: Any, path: str | Path) -> Path:
     finally:
         if temporary.exists():
             temporary.unlink()
+    return path
+
+
+def output_kind(task: str) -> str:
+    """The kind of node ``task`` makes: "segmentation" for Segment, else "volume"."""
+    return "segmentation" if task == "Segment" else "volume"
+
+
+def check_output(path: str | Path, kind: str) -> Path:
+    """``path`` if a ``kind`` node ("segmentation" or "volume") can be written there as a new file."""
+    path = Path(path)
+    suffixes = OUTPUT_SUFFIXES[kind]
+    if not path.name.lower().endswith(suffixes):
+        raise ValueError(
+            f"output {path}: a {kind} is written as {' or '.join(suffixes)}; rename it to one of those"
+        )
+    if path.exists():
+        raise FileExistsError(f"output file exists already, not overwriting it: {path}")
+    folder = Path(os.path.abspath(path)).parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"output {path}: folder {folder} is not writable")
     return path
 
 
@@ -135,8 +165,12 @@ def process_file(
     Segment and Inpaint read their labels from ``prompts_path`` (a .seg.nrrd); Synthesize reads the
     co-registered target volume from ``target_path``.
     """
-    if Path(output_path).exists():
-        raise FileExistsError(f"output file exists already, not overwriting it: {output_path}")
+    if task not in pipeline.TASKS:
+        raise ValueError(f"task must be one of {pipeline.TASKS}, got {task!r}")
+    check_output(output_path, output_kind(task))  # before any work
+    for name, given in (("input", input_path), ("prompts", prompts_path), ("target", target_path)):
+        if given is not None and os.path.abspath(given) == os.path.abspath(output_path):
+            raise ValueError(f"output {output_path} is the {name} file; choose a new file")
     processor = SceneProcessor(scene, engine)
     volume = load_volume(volumes_logic, input_path)
     if task == "Segment":
@@ -148,11 +182,9 @@ def process_file(
         holes = load_segmentation(segmentations_logic, _required(prompts_path, "prompts_path", task))
         hole_id = hole_segment_id or holes.GetSegmentation().GetNthSegmentID(0)
         result = processor.inpaint(volume, holes, hole_id, axis)
-    elif task == "Synthesize":
+    else:  # Synthesize, the last of pipeline.TASKS (checked above)
         target = load_volume(volumes_logic, _required(target_path, "target_path", task))
         result = processor.synthesize(volume, target, _required(prompt_indices, "prompt_indices", task), axis)
-    else:
-        raise ValueError(f"task must be one of {pipeline.TASKS}, got {task!r}")
     return save_node(result, output_path)
 
 

@@ -4,6 +4,9 @@
         --task Segment --input ct.nrrd --prompts labels.seg.nrrd --output ct_mvg.seg.nrrd
 
 Segment uses every slice of --prompts that holds a label (along --axis) unless --slices is given.
+A mistake (missing file, output that exists or does not fit its node, bad model) is reported as one
+line, ``MVGSlicer batch: error: ...``, with exit status 2, as every MVGCore command line does
+(:mod:`MVGCore.cli`); ``--debug`` or ``MVG_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "MVGSlicerLib"
 
+from MVGCore import cli
 from MVGSlicerLib import batch, engine, models, pipeline
 from MVGSlicerLib.simple_engine import SimpleEngine
+
+PROG = "MVGSlicer batch"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -40,6 +46,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         choices=("mvg", "simple"),
         help="'simple' = numpy stand-in to check a setup",
     )
+    cli.add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -57,8 +64,11 @@ def main(
     segmentations_logic: Any,
     engine_factory: Callable[[argparse.Namespace], engine.Engine] = make_engine,
 ) -> int:
-    args = parse_args(argv)
-    try:
+    """Process one file; a user error is one line on stderr and exit status 2 (MVGCore.cli)."""
+
+    def process(argv: list[str]) -> int:
+        args = parse_args(argv)
+        batch.check_output(args.output, batch.output_kind(args.task))  # before the model is loaded
         runner = engine_factory(args)
         output = batch.process_file(
             scene,
@@ -74,11 +84,10 @@ def main(
             axis=args.axis,
             hole_segment_id=args.hole_segment,
         )
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"MVGSlicer batch: {error}", file=sys.stderr)
-        return 1
-    print(f"MVGSlicer batch: wrote {output} (device: {runner.device})")
-    return 0
+        print(f"{PROG}: wrote {output} (device: {runner.device})")
+        return 0
+
+    return cli.run(process, PROG, argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import slicer
@@ -213,7 +215,7 @@ def test_batch_cli_processes_files(mrml, tmp_path):
     read = slicerio.read_segmentation(str(output))
     assert slicerio.segment_names(read) == ["liver", "spleen"]
     assert np.allclose(np.asarray(read["ijkToLPS"])[:3, :3], np.diag([0.8, 1.25, 3.0]))
-    assert batch_cli.main(argv, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: SimpleEngine()) == 1
+    assert batch_cli.main(argv, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: SimpleEngine()) == 2
     missing = [
         *argv[:3],
         str(tmp_path / "missing.nrrd"),
@@ -222,8 +224,38 @@ def test_batch_cli_processes_files(mrml, tmp_path):
         str(tmp_path / "x.seg.nrrd"),
     ]
     assert (
-        batch_cli.main(missing, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: SimpleEngine()) == 1
+        batch_cli.main(missing, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: SimpleEngine()) == 2
     )
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "expected"),
+    [
+        ("Segment", "ct_mvg.png", r"a segmentation is written as \.seg\.nrrd or \.nrrd"),
+        ("Segment", "ct_mvg.nii.gz", "a segmentation is written as"),
+        ("Denoise", "ct_mvg.seg.png", r"a volume is written as \.nrrd or \.nii\.gz"),
+    ],
+)
+def test_batch_refuses_an_output_name_that_does_not_fit_the_node(
+    mrml, tmp_path, capsys, task, name, expected
+):
+    """Slicer would write NRRD bytes into a .png name; the batch refuses it before any work (issue 13)."""
+    volume, seg, _, _ = _scene_with_prompts(mrml, np.diag([-0.8, -1.25, 3.0, 1.0]))
+    input_path = batch.save_node(volume, tmp_path / "ct.nrrd")
+    prompts_path = batch.save_node(seg, tmp_path / "prompts.seg.nrrd")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = ["--task", task, "--input", str(input_path), "--prompts", str(prompts_path)]
+    argv += ["--output", str(tmp_path / name)]
+    engine_made = []
+    status = batch_cli.main(
+        argv, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: engine_made.append(1) or SimpleEngine()
+    )
+    error = capsys.readouterr().err
+    assert status == 2 and len(error.strip().splitlines()) == 1 and not engine_made
+    assert re.search(expected, error) and name in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing left
+    with pytest.raises(ValueError, match="a segmentation is written as"):
+        batch.save_node(seg, tmp_path / "direct.png")
 
 
 def test_bundled_sample_segments_end_to_end(mrml):
