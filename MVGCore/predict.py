@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 FLOAT32 = np.dtype(np.float32)
 
 ENSEMBLES = ("average", "feature")
+PROGRESS_FORMATS = ("log", "json")
 CT_AIR_THRESHOLD = -500.0
 """``modality="auto"`` calls a volume CT when it holds values at or below this (air in HU)."""
 SAMPLE_VOXELS = 1_000_000
@@ -939,6 +941,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-pickle", action="store_true", help="allow a trusted pickle checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
+    parser.add_argument(
+        "--progress",
+        choices=PROGRESS_FORMATS,
+        default="log",
+        help="log: progress in the log; json: one JSON event per stdout line for programs driving this one",
+    )
     cli.add_debug_flag(parser)
     return parser
 
@@ -983,14 +991,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         task = getattr(predictor, args.task)
         run = lambda **kw: task(image.array, prompts, args.axis, **kw)  # noqa: E731
     log.info("%s on %s (%s), %d prompt slice(s)", args.task, args.input, predictor.device, len(prompts))
-    result = run(progress=_log_progress(), **options)
+    json_events = args.progress == "json"
+    if json_events:
+        emit_event("started", device=predictor.device)
+    result = run(progress=_json_progress() if json_events else _log_progress(), **options)
     result, spread = result if isinstance(result, tuple) else (result, None)
     items = [(args.output, Volume(result, image.geometry))]
     if spread is not None:
         items.append((args.disagreement, Volume(spread, image.geometry)))
     for path in write_volumes(items, overwrite=args.overwrite):  # all outputs or none
         log.info("wrote %s", path)
+    if json_events:
+        emit_event("done", output=str(args.output))
     return 0
+
+
+def emit_event(event: str, **fields: Any) -> None:
+    """One line of the ``--progress json`` protocol on stdout, flushed at once for a reading parent."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _json_progress() -> ProgressFn:
+    return lambda done, total: emit_event("progress", done=done, total=total)
 
 
 def _log_progress() -> ProgressFn:
