@@ -123,6 +123,16 @@ def array_from_volume(volume_node: Any) -> np.ndarray:
     return array_from_image_data(volume_node.GetImageData())
 
 
+def first_scalar_volume(scene: Any) -> Any:
+    """The first scalar volume that is not a labelmap (labelmaps are scalar volume subclasses), or None."""
+    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    for n in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(n)
+        if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+            return node
+    return None
+
+
 def geometry_from_volume(volume_node: Any) -> Geometry:
     return geometry_from_ijk_to_ras(ijk_to_ras(volume_node))
 
@@ -195,14 +205,17 @@ def segment_mask(segmentation_node: Any, segment_id: str, volume_node: Any) -> n
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     shape = array_from_volume(volume_node).shape
     layer = slicer.vtkOrientedImageData()
+    # Both nodes share one parent transform (checked above), so the segment is read in its own local
+    # frame, the frame of the volume's IJK-to-RAS: applying the transform would shift it off the grid.
     if (
-        not logic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, layer)
+        not logic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, layer, False)
         or layer.IsEmpty()
     ):
         return np.zeros(shape, dtype=bool)
     resampled = slicer.vtkOrientedImageData()
     resample = slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage
-    if not resample(layer, reference_image(volume_node), resampled, False, True):
+    # No padding: the mask is exactly the volume's extent, even where the segment reaches beyond it.
+    if not resample(layer, reference_image(volume_node), resampled, False, False):
         raise ValueError(f"could not resample segment '{segment.GetName()}' onto '{volume_node.GetName()}'")
     # Segments may share one labelmap layer; this segment is the voxels holding its label value.
     return array_from_image_data(resampled) == segment.GetLabelValue()

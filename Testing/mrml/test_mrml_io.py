@@ -117,3 +117,50 @@ def test_oblique_and_outside_views_are_refused(mrml):
         mrml_io.view_axis_and_index(volume, tilted, "Red view")
     with pytest.raises(ValueError, match="outside 'input'"):
         mrml_io.view_axis_and_index(volume, _slice_to_ras(2, np.eye(4), 40.0), "Red view")
+
+
+def _segmentation_on(mrml, volume):
+    seg = slicer.vtkMRMLSegmentationNode()
+    mrml.scene.AddNode(seg)
+    seg.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    return seg, seg.GetSegmentation().AddEmptySegment("lesion", "lesion", [1, 0, 0])
+
+
+def test_prompts_under_a_shared_parent_transform_land_on_the_painted_voxels(mrml):
+    volume = mrml_io.add_volume_from_array(mrml.scene, _ramp(), np.diag([0.8, 1.2, 3.0, 1.0]), "input")
+    seg, lesion = _segmentation_on(mrml, volume)
+    transform = slicer.vtkMRMLLinearTransformNode()
+    mrml.scene.AddNode(transform)
+    shift = np.eye(4)
+    shift[:3, 3] = (0.0, 0.0, 3.0)  # one slice along k: a reading in world space lands one slice off
+    transform.SetMatrixTransformToParent(mrml_io.numpy_to_matrix(shift))
+    for node in (volume, seg):
+        node.SetAndObserveTransformNodeID(transform.GetID())
+    painted = np.zeros(SHAPE, bool)
+    painted[2, 1:4, 2:6] = True
+    mrml.paint(seg, lesion, painted, volume)
+    assert np.array_equal(mrml_io.segment_mask(seg, lesion, volume), painted)
+
+
+def test_a_segment_reaching_outside_a_cropped_volume_is_clipped_to_its_grid(mrml):
+    big = np.zeros((9, 10, 11), np.int16)
+    whole = mrml_io.add_volume_from_array(mrml.scene, big, np.eye(4), "whole")
+    seg, lesion = _segmentation_on(mrml, whole)
+    painted = np.zeros(big.shape, bool)
+    painted[1:8, 2:9, 1:10] = True  # larger than the crop on every side
+    mrml.paint(seg, lesion, painted, whole)
+    crop = np.eye(4)
+    crop[:3, 3] = (3.0, 4.0, 2.0)  # voxel (i, j, k) = (3, 4, 2) of the whole volume
+    cropped = mrml_io.add_volume_from_array(mrml.scene, np.zeros(SHAPE, np.int16), crop, "cropped")
+    mask = mrml_io.segment_mask(seg, lesion, cropped)
+    assert mask.shape == SHAPE
+    assert np.array_equal(mask, painted[2 : 2 + SHAPE[0], 4 : 4 + SHAPE[1], 3 : 3 + SHAPE[2]])
+    assert mrml_io.segment_labels(seg, [lesion], cropped).shape == SHAPE
+
+
+def test_first_scalar_volume_skips_labelmaps(mrml):
+    assert mrml_io.first_scalar_volume(mrml.scene) is None
+    mrml_io.add_volume_from_array(mrml.scene, _ramp(), np.eye(4), "labels", label=True)
+    assert mrml_io.first_scalar_volume(mrml.scene) is None
+    scan = mrml_io.add_volume_from_array(mrml.scene, _ramp(), np.eye(4), "scan")
+    assert mrml_io.first_scalar_volume(mrml.scene) is scan
