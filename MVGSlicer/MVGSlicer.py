@@ -2,12 +2,16 @@
 
 This file is the Slicer shell only (module, parameter node, widget, logic facade, self-test); all
 computation lives in MVGSlicerLib, which never imports qt/ctk and is tested against a real MRML
-scene outside Slicer.
+scene outside Slicer. Run starts the model in a separate PythonSlicer process
+(MVGSlicerLib.runner) and follows it from a QTimer, so Slicer stays responsive and a crash or an
+out-of-memory of the model cannot take Slicer down.
 """
 
 import logging
 import os
+import shutil
 import sys
+import time
 from typing import Annotated
 
 import numpy as np
@@ -30,15 +34,17 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "MVGCore")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)  # running from a source checkout: MVGCore sits next to the module folder
 
-from MVGSlicerLib import batch, install, models, mrml_io, pipeline, resources  # noqa: E402
+from MVGSlicerLib import batch, install, models, mrml_io, pipeline, resources, runner  # noqa: E402
 from MVGSlicerLib.engine import DEVICES, EngineCache, is_out_of_memory  # noqa: E402
 from MVGSlicerLib.simple_engine import SimpleEngine  # noqa: E402
-from MVGSlicerLib.worker import Worker  # noqa: E402
 
-from MVGCore.types import Cancelled  # noqa: E402
+from MVGCore.slicewise import take_slice  # noqa: E402
 
 VIEW_NAMES = ("Red", "Green", "Yellow")
+SAMPLE_CATEGORY = "MVG Slicer"
 SAMPLE_FILES = ("MVGSampleLungCT.nrrd", "MVGSampleLungCT_label.nrrd")
+SAMPLE_NODE_NAMES = ("MVGSampleLungCT", "MVGSampleLungCT tumour")
+SAMPLE_PROMPT_SLICES = (8, 12)
 POLL_INTERVAL_MS = 100
 
 
@@ -48,7 +54,7 @@ class MVGSlicer(ScriptedLoadableModule):
         self.parent.title = _("MVG Slicer")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations", "SegmentEditor"]
-        self.parent.contributors = ["MVGSlicer contributors"]
+        self.parent.contributors = ["MVGSlicer contributors (MVGSlicer project)"]
         self.parent.helpText = _(
             "Label a few slices, and the Medical Vision Generalist (MVG) does the rest: segmentation, "
             "denoising, inpainting and cross-modal synthesis for CT, MRI, X-ray and ultrasound, learned "
@@ -63,20 +69,28 @@ class MVGSlicer(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
-def registerSampleData():
-    """The bundled lung CT crop and its tumour label (loaded as a segmentation to use as prompts)."""
-    import SampleData
+def registerSampleData(sampleDataLogic=None):
+    """The bundled lung CT crop and its tumour label (loaded as a segmentation to use as prompts).
 
+    Only arguments every supported Slicer accepts: ``loadFileType`` (a list is fine) works from
+    5.6 to 5.12, ``loadFileTypes`` does not exist before 5.10, and categories with a title of
+    their own only exist from 5.12 (before, the category name is the title).
+    """
+    if sampleDataLogic is None:
+        import SampleData
+
+        sampleDataLogic = SampleData.SampleDataLogic
+    if hasattr(sampleDataLogic, "registerCustomSampleDataCategory"):
+        sampleDataLogic.registerCustomSampleDataCategory(SAMPLE_CATEGORY, title=_("MVG Slicer"))
     folder = resources.shared_resource("SampleData")
-    SampleData.SampleDataLogic.registerCustomSampleDataCategory("MVGSlicer", title=_("MVG Slicer"))
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="MVGSlicer",
-        sampleName="MVGSampleLungCT",
+    sampleDataLogic.registerCustomSampleDataSource(
+        category=SAMPLE_CATEGORY,
+        sampleName=SAMPLE_NODE_NAMES[0],
         thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MVGSlicer.png"),
         uris=[(folder / name).as_uri() for name in SAMPLE_FILES],
         fileNames=list(SAMPLE_FILES),
-        nodeNames=["MVGSampleLungCT", "MVGSampleLungCT tumour"],
-        loadFileTypes=["VolumeFile", "SegmentationFile"],
+        nodeNames=list(SAMPLE_NODE_NAMES),
+        loadFileType=["VolumeFile", "SegmentationFile"],
     )
 
 
@@ -107,7 +121,8 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._running = None  # (RunHandle, Job) while the worker computes
+        self._run = None  # runner.ModelRun while the model process runs
+        self._job = None  # the pipeline.Job it computes
         self._updatingGUI = False
 
     def setup(self) -> None:
@@ -118,7 +133,6 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = MVGSlicerLogic()
-        self.worker = Worker()
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onPoll)
@@ -144,27 +158,41 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.timer.stop()
-        self.worker.shutdown()
+        self.stopRun()
         self.removeObservers()
 
     def enter(self) -> None:
+        """Give the embedded Segment Editor its shortcuts and view observations, as its own module does."""
         self.initializeParameterNode()
+        self.ui.segmentEditorWidget.installKeyboardShortcuts()
+        self.ui.segmentEditorWidget.updateWidgetFromMRML()  # sets up its view observations
 
     def exit(self) -> None:
+        """Leave no live editor behind: no active effect, shortcuts or view observations (a run goes on)."""
+        self._releaseSegmentEditor()
+        self.ui.segmentEditorWidget.uninstallKeyboardShortcuts()
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.stopRun(_("Cancelled: the scene was closed."))
+        self._releaseSegmentEditor()
+        self.ui.segmentEditorWidget.setSegmentationNode(None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self.ui.segmentEditorWidget.setMRMLSegmentEditorNode(self.logic.segmentEditorNode())
         if self.parent.isEntered:
             self.initializeParameterNode()
+            self.ui.segmentEditorWidget.updateWidgetFromMRML()
+
+    def _releaseSegmentEditor(self) -> None:
+        self.ui.segmentEditorWidget.setActiveEffect(None)
+        self.ui.segmentEditorWidget.removeViewObservations()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            self._parameterNode.inputVolume = mrml_io.first_scalar_volume(slicer.mrmlScene)
 
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
@@ -186,6 +214,11 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showParameters(p)
         finally:
             self._updatingGUI = False
+        # Given a segmentation, the hole selector shows a segment by itself (the guard above kept its
+        # signal out): the segment shown is the one Run uses. Writing it re-enters once, then agrees.
+        shown = self.ui.holeSegmentSelector.currentSegmentID() or ""
+        if p.task == "Inpaint" and shown != p.holeSegmentID:
+            p.holeSegmentID = shown
 
     def _showParameters(self, p) -> None:
         self.ui.segmentEditorWidget.setSegmentationNode(p.promptSegmentation)
@@ -199,9 +232,13 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.promptListWidget.clear()
         for index in p.promptIndices:
             self.ui.promptListWidget.addItem(f"{'kji'[p.promptAxis]} = {index}")
-        if self._running is None:
-            self.ui.runButton.enabled = p.inputVolume is not None
+        self._updateRunButton()
+
+    def _updateRunButton(self) -> None:
+        if self._run is None:
             self.ui.runButton.text = _("Run")
+            p = self._parameterNode
+            self.ui.runButton.enabled = p is not None and p.inputVolume is not None
 
     def onAddSlice(self, viewName: str) -> None:
         with slicer.util.tryWithErrorDisplay(_("Cannot add this slice as a prompt."), waitCursor=False):
@@ -251,28 +288,30 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
     def onRunButton(self) -> None:
-        if self._running is not None:
-            self._running[0].cancel()
+        if self._run is not None:
+            self._run.cancel()
             self.ui.runButton.enabled = False
-            self.ui.statusLabel.text = _("Cancelling after the current slices...")
+            self.ui.statusLabel.text = _("Cancelling...")
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not start the run."), waitCursor=True):
-            if not self.ensureDependencies():
-                return
-            p = self._parameterNode
-            job = self.logic.createJob(p)  # reads the scene here, on the main thread
-            model, device, logic = p.modelPath, p.device, self.logic
-
-            def work(progress, cancel):
-                runner = logic.engine(model, device)  # loads torch and weights on the worker thread
-                return runner.device, job.compute(runner, progress, cancel)
-
-            self._running = (self.worker.submit(work), job)
-            self.ui.progressBar.maximum = job.total_slices
-            self.ui.progressBar.value = 0
-            self.ui.runButton.text = _("Cancel")
-            self.ui.statusLabel.text = _("Loading the model...")
-            self.timer.start()
+        self.ui.runButton.enabled = False  # no second click while packages install or inputs are written
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Could not start the run."), waitCursor=True):
+                if not self.ensureDependencies():
+                    return
+                p = self._parameterNode
+                job = self.logic.createJob(p)  # reads the scene here; the model process never sees MRML
+                self._run = self.logic.startRun(job, p.modelPath, p.device)
+                self._job = job
+                self.ui.progressBar.maximum = job.total_slices
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = _("Starting the model...")
+                self.timer.start()
+        finally:
+            if self._run is None:
+                self._updateRunButton()
+            else:
+                self.ui.runButton.text = _("Cancel")
+                self.ui.runButton.enabled = True
 
     def ensureDependencies(self) -> bool:
         """Ask before installing anything; pip runs here, on the main thread, logging to the console."""
@@ -288,46 +327,62 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return True
 
     def onPoll(self) -> None:
-        handle, job = self._running
-        done, total = handle.progress
-        if total:
-            self.ui.progressBar.value = done
-            self.ui.statusLabel.text = _("{done} of {total} slices").format(done=done, total=total)
-        if not handle.done():
+        """QTimer tick: read the model process's progress; once it exited, store or report the outcome."""
+        run, job = self._run, self._job
+        state = run.poll()
+        if run.total:
+            self.ui.progressBar.maximum = run.total
+            self.ui.progressBar.value = run.done
+            if state == runner.RUNNING and not run.cancelling:
+                self.ui.statusLabel.text = _("{done} of {total} slices").format(
+                    done=run.done, total=run.total
+                )
+        if state == runner.RUNNING:
             return
         self.timer.stop()
-        self._running = None
-        self.updateGUI()
-        try:
-            device, result = handle.result()
-        except Cancelled:
+        self._run, self._job = None, None
+        self._updateRunButton()
+        if run.device:
+            self.showDevice(run.device)
+        if state == runner.CANCELLED:
             self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
-            return
-        except Exception as error:  # shown to the user; the scene is untouched
-            self.onRunFailed(error)
-            return
-        self.showDevice(device)
-        with slicer.util.tryWithErrorDisplay(_("Could not store the result."), waitCursor=True):
-            node = self.logic.writeResult(job, result)  # fails cleanly if the input was deleted meanwhile
-            self.ui.statusLabel.text = _("Done: created '{name}'.").format(name=node.GetName())
-            if job.task != "Segment":
-                slicer.util.setSliceViewerLayers(background=node, fit=False)
+        elif state == runner.FAILED:
+            self.onRunFailed(run)
+        else:
+            with slicer.util.tryWithErrorDisplay(_("Could not store the result."), waitCursor=True):
+                node = self.logic.writeResult(job, run.result)  # refuses if the input left the scene
+                self.ui.statusLabel.text = _("Done: created '{name}'.").format(name=node.GetName())
+                if job.task != "Segment":
+                    slicer.util.setSliceViewerLayers(background=node, fit=False)
 
-    def onRunFailed(self, error: Exception) -> None:
-        self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
-        if is_out_of_memory(error) and self._parameterNode and self._parameterNode.device != "cpu":
-            self.logic.releaseGpuMemory()
+    def stopRun(self, message: str = "") -> None:
+        """Stop a running model process and drop its result (module cleanup, scene closing)."""
+        self.timer.stop()
+        if self._run is None:
+            return
+        self._run.close()  # terminates the child (then kills it) and removes its temporary folder
+        self._run, self._job = None, None
+        if message:
+            self.ui.statusLabel.text = message
+        self._updateRunButton()
+
+    def onRunFailed(self, run) -> None:
+        logging.error("MVGSlicer: %s. Output of the model process:\n%s", run.error, "\n".join(run.log_lines))
+        self.ui.statusLabel.text = _("Failed: {error}").format(error=run.error)
+        p = self._parameterNode
+        if is_out_of_memory(RuntimeError(run.error)) and p is not None and p.device != "cpu":
             if slicer.util.confirmYesNoDisplay(
                 _(
                     "The GPU ran out of memory. Close other programs using the GPU, or run on the CPU "
                     "(slower). Run again on the CPU now?"
                 )
             ):
-                self._parameterNode.device = "cpu"
+                p.device = "cpu"
                 self.onRunButton()
             return
-        logging.exception("MVGSlicer run failed", exc_info=error)
-        slicer.util.errorDisplay(_("The run failed: {error}").format(error=error))
+        slicer.util.errorDisplay(
+            _("The run failed: {error}. The model's output is in the Python console.").format(error=run.error)
+        )
 
     def showDevice(self, device: str) -> None:
         if device.startswith("cuda"):
@@ -349,8 +404,17 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         den = logic.denoise(getNode("CT"))
         logic.processFile("Segment", "ct.nrrd", "ct_mvg.seg.nrrd", promptsPath="prompts.seg.nrrd")
 
-    ``engine`` replaces the MVG model (e.g. ``SimpleEngine()`` for tests); by default the model is
-    resolved from ``model`` (registry name or .safetensors path, empty = bundled) and cached.
+    The console calls compute in Slicer's own interpreter. ``engine`` replaces the MVG model there
+    (e.g. ``SimpleEngine()`` for tests); by default the model is resolved from ``model`` (registry
+    name or .safetensors path, empty = bundled) and cached. The module's Run button instead uses
+    :meth:`startRun`: the model in a separate process, which a script can drive the same way::
+
+        job = logic.createJob(logic.getParameterNode())
+        run = logic.startRun(job)
+        if run.wait() == "done":
+            node = logic.writeResult(job, run.result)
+        else:
+            print(run.error)
     """
 
     def __init__(self, engine=None) -> None:
@@ -358,6 +422,9 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         self.engineOverride = engine
         self.engines = EngineCache()
         self.registry = models.load_registry()
+        self.pythonExecutable = (
+            None  # None: Slicer's PythonSlicer, found on PATH like slicer.util.pip_install
+        )
 
     def getParameterNode(self):
         return MVGSlicerParameterNode(super().getParameterNode())
@@ -372,7 +439,7 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         return node
 
     def missingDependencies(self) -> list:
-        return [] if self.engineOverride is not None else install.missing_requirements()
+        return install.missing_requirements()
 
     def installDependencies(self, missing) -> None:
         installTorch = _installTorchWithPyTorchUtils if hasattr(slicer.modules, "pytorchutils") else None
@@ -382,6 +449,25 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         """The engine to run with; loading can take a while and is done once per model and device."""
         if self.engineOverride is not None:
             return self.engineOverride
+        self._requireDependencies()
+        return self.engines.get(models.resolve_model(model, self.registry), device)
+
+    def startRun(self, job: pipeline.Job, model: str = "", device: str = "auto") -> runner.ModelRun:
+        """Start the model on ``job`` in a separate process and return at once; poll() the run.
+
+        The process has Slicer's own Python (PythonSlicer), so it sees the packages installed here.
+        """
+        self._requireDependencies()
+        python = self.pythonExecutable or shutil.which("PythonSlicer")
+        if not python:
+            raise RuntimeError(
+                _("Slicer's Python (PythonSlicer) was not found on PATH; start Slicer from its own folder.")
+            )
+        checkpoint = models.resolve_model(model, self.registry)
+        geometry = mrml_io.geometry_from_volume(job.volume_node)
+        return runner.ModelRun.start(job, geometry, checkpoint, python=python, device=device)
+
+    def _requireDependencies(self) -> None:
         missing = install.missing_requirements()
         if missing:
             raise RuntimeError(
@@ -389,11 +475,6 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
                 + ", ".join(r.spec for r in missing)
                 + ". Open the MVG Slicer module and press Run once to install them."
             )
-        return self.engines.get(models.resolve_model(model, self.registry), device)
-
-    def releaseGpuMemory(self) -> None:
-        if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
-            sys.modules["torch"].cuda.empty_cache()
 
     def importWeights(self, path: str):
         return models.import_weights(path, self.registry)
@@ -489,21 +570,48 @@ def _installTorchWithPyTorchUtils(torchSpec: str, torchvisionSpec: str) -> None:
 
 
 class MVGSlicerTest(ScriptedLoadableModuleTest):
-    """Runs in Slicer with the numpy SimpleEngine: needs no torch and no weights."""
+    """What users run, inside Slicer: the console API (numpy SimpleEngine), the bundled model on the
+    sample data through the model process with a cancel, and the module's widget driven by its own
+    timer. The model tests need the packages that Run installs; without them they say so and pass.
+    """
+
+    RUN_TIMEOUT_S = 300
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_SegmentFromPromptSlices()
-        self.setUp()
-        self.test_WorkerRunAndCancel()
+        for test in (self.test_SegmentFromPromptSlices, self.test_ModelProcessOnSample, self.test_WidgetRun):
+            self.setUp()
+            test()
 
     def _volume(self):
         array = np.random.default_rng(0).normal(size=(6, 10, 12)).astype(np.float32)
         ijkToRAS = np.array([[-0.8, 0, 0, 10.0], [0, -1.2, 0, 5.0], [0, 0, 2.5, -3.0], [0, 0, 0, 1]])
         return mrml_io.add_volume_from_array(slicer.mrmlScene, array, ijkToRAS, "MVGTestVolume")
+
+    def _sample(self):
+        folder = resources.shared_resource("SampleData")
+        volume = batch.load_volume(slicer.modules.volumes.logic(), folder / SAMPLE_FILES[0])
+        prompts = batch.load_segmentation(slicer.modules.segmentations.logic(), folder / SAMPLE_FILES[1])
+        return volume, prompts
+
+    def _modelMissing(self) -> bool:
+        missing = install.missing_requirements()
+        if missing:
+            self.delayDisplay(
+                "Not run: the model needs "
+                + ", ".join(r.spec for r in missing)
+                + " (press Run once to install)"
+            )
+        return bool(missing)
+
+    def _waitFor(self, condition) -> None:
+        deadline = time.monotonic() + self.RUN_TIMEOUT_S
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, "the model process did not finish in time")
+            slicer.app.processEvents()
+            time.sleep(0.02)
 
     def test_SegmentFromPromptSlices(self):
         self.delayDisplay("Segment from one painted slice")
@@ -529,29 +637,58 @@ class MVGSlicerTest(ScriptedLoadableModuleTest):
         np.testing.assert_array_equal(mrml_io.segment_mask(prompts, lesion, volume), painted.astype(bool))
         self.delayDisplay("Segment test passed")
 
-    def test_WorkerRunAndCancel(self):
-        self.delayDisplay("Denoise on the worker thread, then a cancelled run")
-        volume = self._volume()
-        job = pipeline.denoise_job(volume)
-        worker = Worker()
-        try:
-            handle = worker.submit(lambda progress, cancel: job.compute(SimpleEngine(), progress, cancel))
-            while not handle.done():
-                slicer.app.processEvents()
-            self.assertEqual(handle.progress, (6, 6))
-            node = pipeline.write_result(slicer.mrmlScene, job, handle.result())
-            np.testing.assert_allclose(mrml_io.ijk_to_ras(node), mrml_io.ijk_to_ras(volume))
+    def test_ModelProcessOnSample(self):
+        """Run's path without the widget: the bundled model in a PythonSlicer process, then a cancel."""
+        self.delayDisplay("Bundled model on the sample data in a separate process")
+        if self._modelMissing():
+            return
+        volume, prompts = self._sample()
+        logic = MVGSlicerLogic()
+        job = pipeline.segment_job(volume, prompts, SAMPLE_PROMPT_SLICES)
+        run = logic.startRun(job, "", "cpu")
+        self._waitFor(lambda: run.poll() != runner.RUNNING)
+        self.assertEqual(run.state, runner.DONE, run.error)
+        self.assertEqual((run.done, run.total, run.device), (job.total_slices, job.total_slices, "cpu"))
+        self.assertFalse(run.folder.exists())
+        for prompt in job.prompts:  # the painted prompt slices come back exactly
+            np.testing.assert_array_equal(take_slice(run.result, job.axis, prompt.index), prompt.target)
+        node = logic.writeResult(job, run.result)
+        self.assertEqual(node.GetName(), "MVGSampleLungCT MVG segment")
 
-            nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        cancelled = logic.startRun(job, "", "cpu")
+        cancelled.cancel()
+        self._waitFor(lambda: cancelled.poll() != runner.RUNNING)
+        self.assertEqual(cancelled.state, runner.CANCELLED)
+        self.assertFalse(cancelled.folder.exists())
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.delayDisplay("Model process test passed")
 
-            def cancelledAtOnce(progress, cancel):
-                cancel.cancel()  # as if the user pressed Cancel before the first slice
-                return job.compute(SimpleEngine(), progress, cancel)
+    def test_WidgetRun(self):
+        """The module as a user drives it (needs the Slicer application): Run, the timer, the result."""
+        self.delayDisplay("The module's Run button and timer")
+        if self._modelMissing():
+            return
+        volume, prompts = self._sample()
+        slicer.util.selectModule("MVGSlicer")
+        widget = slicer.modules.mvgslicer.widgetRepresentation().self()
+        p = widget.logic.getParameterNode()
+        p.inputVolume, p.promptSegmentation, p.device = volume, prompts, "cpu"
+        p.task = "Inpaint"  # the hole selector shows a segment by itself: it must be the one used
+        slicer.app.processEvents()
+        self.assertTrue(p.holeSegmentID)
+        self.assertEqual(p.holeSegmentID, widget.ui.holeSegmentSelector.currentSegmentID())
+        p.task, p.promptAxis, p.promptIndices = "Segment", 0, list(SAMPLE_PROMPT_SLICES)
+        widget.onRunButton()
+        self.assertEqual(widget.ui.runButton.text, "Cancel")
+        self._waitFor(lambda: widget._run is None)  # only the widget's QTimer advances the run
+        self.assertIn("Done", widget.ui.statusLabel.text)
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("MVGSampleLungCT MVG segment"))
 
-            cancelled = worker.submit(cancelledAtOnce)
-            with self.assertRaises(Cancelled):
-                cancelled.result()
-            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
-        finally:
-            worker.shutdown()
-        self.delayDisplay("Worker test passed")
+        widget.onRunButton()  # a run in progress when the scene closes is stopped, and writes nothing
+        slicer.mrmlScene.Clear()
+        self.assertIsNone(widget._run)
+        self.assertEqual(widget.ui.runButton.text, "Run")
+        slicer.util.selectModule("Data")  # leaving the module leaves no active editor effect behind
+        self.assertIsNone(widget.ui.segmentEditorWidget.activeEffect())
+        self.delayDisplay("Widget test passed")

@@ -94,7 +94,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 class EngineCache:
     """Keeps the last loaded engine so repeated runs skip the slow checkpoint load.
 
-    It is used from the worker thread only; the lock guards against a console call racing it.
+    The lock keeps two console calls (e.g. from a script's threads) from loading at the same time.
     """
 
     def __init__(self, loader=load_engine) -> None:

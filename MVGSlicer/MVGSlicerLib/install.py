@@ -31,6 +31,8 @@ REQUIREMENTS = (
     Requirement("safetensors", "safetensors>=0.4,<1"),
     Requirement("scipy", "scipy>=1.10,<2"),
     Requirement("skimage", "scikit-image>=0.22,<1"),
+    # skimage's estimate_sigma (Denoise without prompts) imports it, but scikit-image does not require it
+    Requirement("pywt", "PyWavelets>=1.4,<2"),
     Requirement("yaml", "pyyaml>=6,<7"),
 )
 

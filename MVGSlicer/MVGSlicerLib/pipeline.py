@@ -1,8 +1,8 @@
-"""One run in three steps: read the scene (main thread), compute (worker), write new nodes (main).
+"""One run in three steps: read the scene, compute (in-process engine or model process), write new nodes.
 
-Splitting a run this way is what keeps MRML off the worker thread and makes cancel safe: a job
-holds plain arrays only, and the scene is written once, after the engine has finished, into new
-nodes, so a cancelled or failed run leaves the scene exactly as it was.
+Splitting a run this way is what lets the computation leave Slicer's interpreter and makes cancel
+safe: a job holds plain arrays only, and the scene is written once, after the engine has finished,
+into new nodes, so a cancelled or failed run leaves the scene exactly as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TASKS = ("Segment", "Denoise", "Inpaint", "Synthesize")
 
 @dataclass
 class Job:
-    """Everything the worker needs, captured on the main thread."""
+    """Everything the computation needs, captured from the scene on the main thread."""
 
     task: str
     volume_node: Any  # the reference grid of the output; only touched again on the main thread
@@ -47,7 +47,7 @@ class Job:
     def compute(
         self, engine: Engine, progress: ProgressFn | None = None, cancel: CancelToken | None = None
     ) -> np.ndarray:
-        """Run the engine; safe on a worker thread because it touches no MRML."""
+        """Run an in-process engine (console and batch path); touches no MRML."""
         kwargs = {"progress": progress, "cancel": cancel}
         if self.spacing is not None:
             kwargs["spacing"] = self.spacing
@@ -59,6 +59,10 @@ class Job:
             result = engine.inpaint(self.image, self.hole_mask, self.prompts, self.axis, **kwargs)
         else:
             result = engine.synthesize(self.image, self.prompts, self.axis, **kwargs)
+        return self.finish(result)
+
+    def finish(self, result: np.ndarray) -> np.ndarray:
+        """Check the engine's (or the model process's) output and give the prompt labels back as painted."""
         result = np.asarray(result)
         if result.shape != self.image.shape:
             raise RuntimeError(
@@ -155,7 +159,16 @@ def _spacing(volume_node: Any) -> tuple[float, float, float]:
 
 
 def write_result(scene: Any, job: Job, result: np.ndarray, name: str | None = None) -> Any:
-    """Write the result into a NEW node beside the input; saves the undo state first."""
+    """Write the result into a NEW node beside the input; saves the undo state first.
+
+    The run may have taken a while: if its input (or prompt segmentation) left the scene meanwhile,
+    or the scene was closed, nothing is written.
+    """
+    for node in (job.volume_node, job.segmentation_node):
+        if node is not None and not scene.IsNodePresent(node):
+            raise ValueError(
+                f"'{node.GetName()}' was removed from the scene while the model ran; nothing was written"
+            )
     scene.SaveStateForUndo()
     name = name or f"{job.volume_node.GetName()} MVG {job.task.lower()}"
     if job.task == "Segment":

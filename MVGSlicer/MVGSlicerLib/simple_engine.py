@@ -1,7 +1,7 @@
 """A numpy stand-in with the Predictor's interface, for the self-test and for trying the workflow.
 
-It needs no torch and no weights, so MVGSlicerTest can drive the whole Run path (worker thread,
-progress, cancel, new nodes) inside Slicer. Its outputs are deliberately trivial and are NOT what
+It needs no torch and no weights, so the console API, the batch script and their tests can run
+without a model. Its outputs are deliberately trivial and are NOT what
 MVG produces: segmentation copies the nearest prompt slice's labels, denoising averages each slice
 with its neighbours, inpainting fills holes with the slice mean, synthesis fits one linear
 intensity map to the prompt pairs.

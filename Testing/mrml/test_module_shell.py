@@ -2,12 +2,15 @@
 
 slicer-core has MRML but not Slicer's GUI framework, so the few GUI-side names the module imports
 (qt, ScriptedLoadableModule bases, parameterNodeWrapper, i18n) are replaced by minimal stand-ins;
-everything the Logic and MVGSlicerTest do on the scene is real. The Widget is not exercised here.
+everything the Logic and MVGSlicerTest do on the scene is real, and the model process is a real
+child process (a "PythonSlicer" on PATH that is this interpreter). The Widget needs the Slicer
+application: its part of the self-test runs in Slicer only.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import types
 import unittest
@@ -59,7 +62,7 @@ def _gui_stand_ins() -> dict[str, types.ModuleType]:
 
 
 @pytest.fixture
-def mvgslicer(mrml, monkeypatch):
+def mvgslicer(mrml, monkeypatch, tmp_path_factory):
     for name, stand_in in _gui_stand_ins().items():
         monkeypatch.setitem(sys.modules, name, stand_in)
     monkeypatch.setattr(slicer, "mrmlScene", mrml.scene, raising=False)
@@ -69,21 +72,79 @@ def mvgslicer(mrml, monkeypatch):
     )
     monkeypatch.setattr(slicer, "modules", modules, raising=False)
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: None), raising=False)
+    bin_folder = tmp_path_factory.mktemp("slicer-bin")
+    (bin_folder / "PythonSlicer").symlink_to(sys.executable)  # what Slicer puts on PATH
+    monkeypatch.setenv("PATH", os.pathsep.join([str(bin_folder), os.environ.get("PATH", "")]))
     monkeypatch.syspath_prepend(str(MODULE_FILE.parent))
     monkeypatch.delitem(sys.modules, "MVGSlicer", raising=False)
     return importlib.import_module("MVGSlicer")
 
 
-def test_self_test_passes(mvgslicer):
+def test_self_test_passes(mvgslicer, mrml):
     result = unittest.TextTestRunner(verbosity=0).run(
         unittest.TestSuite(
             [
                 mvgslicer.MVGSlicerTest("test_SegmentFromPromptSlices"),
-                mvgslicer.MVGSlicerTest("test_WorkerRunAndCancel"),
+                mvgslicer.MVGSlicerTest("test_ModelProcessOnSample"),
             ]
         )
     )
     assert result.testsRun == 2 and result.wasSuccessful(), result.failures + result.errors
+    assert mvgslicer.install.missing_requirements() == []  # so the model test did run, not just pass
+    assert mrml.scene.GetFirstNodeByName("MVGSampleLungCT MVG segment") is not None
+
+
+class _SampleData58:
+    """SampleDataLogic of Slicer 5.6/5.8: no categories with titles, ``loadFileType`` only."""
+
+    registered: list
+
+    @classmethod
+    def registerCustomSampleDataSource(
+        cls,
+        category="Custom",
+        sampleName=None,
+        uris=None,
+        fileNames=None,
+        nodeNames=None,
+        customDownloader=None,
+        thumbnailFileName=None,
+        loadFileType="VolumeFile",
+        loadFiles=None,
+        loadFileProperties=None,
+        checksums=None,
+    ):
+        cls.registered.append({name: value for name, value in locals().items() if name != "cls"})
+
+
+class _SampleData512(_SampleData58):
+    """5.12 adds categories with a title of their own."""
+
+    categories: list
+
+    @classmethod
+    def registerCustomSampleDataCategory(cls, category, title=None):
+        cls.categories.append((category, title))
+
+
+@pytest.mark.parametrize("logic", [_SampleData58, _SampleData512], ids=["5.8", "5.12"])
+def test_sample_data_registers_with_the_arguments_every_slicer_accepts(mvgslicer, logic):
+    logic.registered, logic.categories = [], []
+    mvgslicer.registerSampleData(logic)
+    (source,) = logic.registered
+    assert source["loadFileType"] == ["VolumeFile", "SegmentationFile"]
+    assert source["nodeNames"] == ["MVGSampleLungCT", "MVGSampleLungCT tumour"]
+    assert all(Path(uri.removeprefix("file://")).is_file() for uri in source["uris"])
+    assert Path(source["thumbnailFileName"]).is_file()
+    assert logic.categories == ([("MVG Slicer", "MVG Slicer")] if logic is _SampleData512 else [])
+
+
+def test_module_run_path_refuses_a_missing_pythonslicer(mvgslicer, mrml, monkeypatch):
+    logic = mvgslicer.MVGSlicerLogic()
+    volume = mrml_io.add_volume_from_array(mrml.scene, np.zeros((2, 3, 4), np.float32), np.eye(4), "v")
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(RuntimeError, match="PythonSlicer"):
+        logic.startRun(mvgslicer.pipeline.denoise_job(volume))
 
 
 def test_logic_console_api_and_files(mvgslicer, mrml, tmp_path):

@@ -1,58 +1,13 @@
-"""Worker thread, engine cache, model registry / offline import and the consented installer."""
+"""Engine cache, model registry / offline import and the consented installer."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
 
-import numpy as np
 import pytest
 from MVGSlicerLib import engine, install, models
 from MVGSlicerLib.simple_engine import SimpleEngine
-from MVGSlicerLib.worker import Worker
-
-from MVGCore.types import Cancelled
-
-
-def test_worker_runs_on_one_persistent_thread_and_reports_progress():
-    worker = Worker()
-    threads = []
-
-    def work(progress, cancel):
-        threads.append(threading.get_ident())
-        return SimpleEngine().denoise(np.ones((4, 3, 3), np.float32), progress=progress, cancel=cancel)
-
-    try:
-        first = worker.submit(work)
-        assert np.allclose(first.result(), 1.0) and first.progress == (4, 4) and not worker.busy
-        worker.submit(work).result()
-        assert len(threads) == 2 and threads[0] == threads[1] != threading.get_ident()
-    finally:
-        worker.shutdown()
-
-
-def test_worker_cancel_raises_and_refuses_a_second_run():
-    worker = Worker()
-    started, release = threading.Event(), threading.Event()
-
-    def slow(progress, cancel):
-        started.set()
-        release.wait(5)
-        return SimpleEngine().denoise(np.ones((4, 3, 3), np.float32), progress=progress, cancel=cancel)
-
-    try:
-        handle = worker.submit(slow)
-        started.wait(5)
-        with pytest.raises(RuntimeError, match="already in progress"):
-            worker.submit(slow)
-        handle.cancel()
-        release.set()
-        with pytest.raises(Cancelled):
-            handle.result()
-        assert handle.progress == (0, 0)
-    finally:
-        worker.shutdown()
 
 
 def test_engine_cache_loads_once_per_model_and_device(tmp_path):
@@ -167,6 +122,7 @@ def test_install_puts_torch_and_torchvision_first_through_pytorchutils_and_verif
         "safetensors",
         "scipy",
         "skimage",
+        "pywt",  # Denoise's noise estimate (skimage.restoration.estimate_sigma) imports it
         "yaml",
     ]
     assert "PyTorch Utils" in install.consent_message(missing, torch_via_pytorchutils=True)
@@ -208,3 +164,22 @@ def test_install_reports_packages_that_stay_missing():
             log=lambda m: None,
             find_spec=find_spec,
         )
+
+
+def test_installer_covers_every_runtime_dependency_of_the_model():
+    """What the model process imports must be installable from the module (PyWavelets was missing)."""
+    import re
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    names = {
+        re.split(r"[<>=!~ ]", dep, maxsplit=1)[0].lower() for dep in pyproject["project"]["dependencies"]
+    }
+    shipped_by_slicer = {"numpy", "simpleitk"}
+    training_only = {"tensorboard", "tqdm"}
+    installable = {re.split(r"[<>=!~ ]", r.spec, maxsplit=1)[0].lower() for r in install.REQUIREMENTS}
+    assert names - shipped_by_slicer - training_only == installable - {"torchvision"}
