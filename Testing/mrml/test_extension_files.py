@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import struct
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -127,3 +129,66 @@ def test_registered_sample_files_exist():
     )
     names = ast.literal_eval(assignment.value)
     assert names and all(resources.shared_resource("SampleData", name).is_file() for name in names)
+
+
+def _metadata() -> dict[str, str]:
+    """The extension description as CMake, the catalog entry and the legacy .s4ext give it."""
+    top = (ROOT / "CMakeLists.txt").read_text()
+    s4ext = dict(
+        line.split(" ", 1) if " " in line else (line, "")
+        for line in (ROOT / "MVGSlicer.s4ext").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    cmake = dict(re.findall(r'set\(EXTENSION_(\w+) "([^"]*)"\)', top))
+    return {
+        "homepage": cmake["HOMEPAGE"],
+        "icon": cmake["ICONURL"],
+        "screenshots": cmake["SCREENSHOTURLS"],
+        "contributors": cmake["CONTRIBUTORS"],
+        "scm_url": json.loads((ROOT / "MVGSlicer.json").read_text())["scm_url"],
+        "s4ext_scm_url": s4ext["scmurl"],
+        "s4ext_icon": s4ext["iconurl"],
+        "s4ext_screenshots": s4ext["screenshoturls"],
+        "s4ext_contributors": s4ext["contributors"],
+    }
+
+
+def test_metadata_follows_what_the_extensions_index_checks():
+    meta = _metadata()
+    repository = re.match(r"https://github\.com/[\w.-]+/([\w.-]+)\.git$", meta["scm_url"]).group(1)
+    assert repository.startswith("Slicer"), repository  # the index's naming rule for repositories
+    assert meta["s4ext_scm_url"] == meta["scm_url"] and meta["homepage"].startswith(meta["scm_url"][:-4])
+    raw = f"https://raw.githubusercontent.com/{meta['scm_url'][19:-4]}/main/"
+    for key in ("icon", "screenshots", "s4ext_icon", "s4ext_screenshots"):
+        for url in meta[key].split():
+            assert url.startswith(raw) and (ROOT / url[len(raw) :]).is_file(), url  # resolves once pushed
+    assert meta["s4ext_icon"] == meta["icon"] and meta["s4ext_screenshots"] == meta["screenshots"]
+    assert meta["icon"] not in meta["screenshots"]  # a screenshot, not the icon
+    for contributors in (meta["contributors"], meta["s4ext_contributors"]):
+        assert all(re.fullmatch(r"[^()]+ \([^()]+\)", c.strip()) for c in contributors.split(","))
+    module = (MODULE / "MVGSlicer.py").read_text()
+    listed = re.search(r"self\.parent\.contributors = \[(.*)\]", module).group(1)
+    assert ast.literal_eval(f"[{listed}]") == [c.strip() for c in meta["contributors"].split(",")]
+
+
+def test_shared_files_are_copied_at_build_time_not_configure_time():
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    assert "file(COPY" not in cmake  # configure-time copies go stale until CMake runs again
+    assert re.search(r"add_custom_target\(\$\{MODULE_NAME\}SharedFiles ALL", cmake)
+    assert "CopySharedFiles.cmake" in cmake
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake on PATH to run the copy script")
+def test_the_build_time_copy_script_puts_mvgcore_and_resources_next_to_the_module(tmp_path):
+    script = MODULE / "CopySharedFiles.cmake"
+    destination = tmp_path / "qt-scripted-modules"
+    subprocess.run(
+        ["cmake", f"-DSOURCE_ROOT={ROOT}", f"-DDESTINATION={destination}", "-P", str(script)], check=True
+    )
+    assert (destination / "MVGCore" / "predict.py").is_file() and not list(destination.rglob("__pycache__"))
+    for name in ("Models.json", "mvg_tiny_default.safetensors", "mvg_tiny_default.json"):
+        assert (destination / "Resources" / "Models" / name).is_file(), name
+    assert {p.name for p in (destination / "Resources" / "SampleData").iterdir()} >= {
+        "MVGSampleLungCT.nrrd",
+        "MVGSampleLungCT_label.nrrd",
+    }

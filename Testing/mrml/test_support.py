@@ -45,12 +45,14 @@ def _registry(tmp_path, content: bytes) -> tuple:
     return models.load_registry(path), sha
 
 
-def test_shipped_registry_is_valid_and_says_no_bundled_model_yet(tmp_path):
+def test_shipped_registry_names_the_bundled_default_and_says_so(tmp_path):
     registry = models.load_registry()  # the repository's Resources/Models/Models.json
-    assert all(isinstance(e, models.ModelEntry) for e in registry)
-    if not registry:
-        with pytest.raises(FileNotFoundError, match="no bundled MVG model"):
-            models.resolve_model("", registry, tmp_path)
+    assert registry and all(isinstance(e, models.ModelEntry) for e in registry)
+    assert models.resolve_model("", registry, tmp_path).name == registry[0].file  # found and SHA-checked
+    description = json.loads(models.default_registry_path().read_text())["description"]
+    assert "no bundled model" not in description.lower()
+    with pytest.raises(FileNotFoundError, match="no bundled MVG model"):
+        models.resolve_model("", [], tmp_path)  # what an installation without weights says
 
 
 def test_registry_rejects_bad_entries(tmp_path):
