@@ -43,7 +43,9 @@ def plan_fit(shape: tuple[int, int], size: int, spacing: tuple[float, float] = (
     return TileFit(shape=tuple(shape), size=size, content=content, offset=offset)
 
 
-def _resize(array: np.ndarray, shape: tuple[int, int], is_label: bool) -> np.ndarray:
+def resize_plane(array: np.ndarray, shape: tuple[int, int], is_label: bool) -> np.ndarray:
+    """``array`` resized to ``shape``: nearest neighbour for labels (values kept exactly), bilinear
+    for images, antialiased when shrinking."""
     if tuple(array.shape) == tuple(shape):
         return array.copy()
     if is_label:
@@ -65,7 +67,7 @@ def fit_to_tile(
     if slice2d.ndim != 2:
         raise ValueError(f"fit_to_tile needs a 2D slice, got shape {slice2d.shape}")
     fit = plan_fit(slice2d.shape, size, spacing)
-    content = _resize(slice2d, fit.content, is_label)
+    content = resize_plane(slice2d, fit.content, is_label)
     tile = np.zeros((size, size), dtype=content.dtype)
     r, c = fit.offset
     tile[r : r + fit.content[0], c : c + fit.content[1]] = content
@@ -79,7 +81,7 @@ def unfit_from_tile(tile: np.ndarray, fit: TileFit, is_label: bool) -> np.ndarra
         raise ValueError(f"tile must be {fit.size}x{fit.size} for this fit, got {tile.shape}")
     r, c = fit.offset
     content = tile[r : r + fit.content[0], c : c + fit.content[1]]
-    return _resize(content, fit.shape, is_label)
+    return resize_plane(content, fit.shape, is_label)
 
 
 def gray_to_rgb(tiles: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,9 @@ Three encodings:
 - ``random`` (training): per sample, the classes present get distinct colors drawn at random from
   a well-separated palette; prompt and query of a sample share the map. The model must then read
   the color meaning from the prompt (in-context), which the MVG paper reports works best.
-- ``palette`` (inference): class k gets palette color k, always.
+- ``ordered`` (inference): the i-th smallest class present gets palette color i, so whatever the
+  label values (TotalSegmentator or atlas ids, gaps), a prompt uses the colors training drew from.
+- ``palette``: class k gets palette color k, always (colors past RANDOM_POOL were never trained).
 - ``gray`` (the reference code): class k becomes gray 10k/255 (saturates past class 25).
 Decoding assigns each pixel the class whose color, among those the prompt used, is nearest (L1).
 Background (class 0) is black in every encoding.
@@ -21,7 +23,7 @@ MAX_CLASSES = 255
 # Random coloring draws from the first RANDOM_POOL palette colors (pairwise L1 >= 0.46) unless a
 # sample has more classes than that; the full palette's closest pair is only 0.2 apart.
 RANDOM_POOL = 32
-ENCODINGS = ("random", "palette", "gray")
+ENCODINGS = ("random", "ordered", "palette", "gray")
 
 
 @lru_cache(maxsize=1)
@@ -75,6 +77,8 @@ def color_table(
     table = np.zeros((MAX_CLASSES + 1, 3), dtype=np.float32)
     if encoding == "palette":
         table[classes] = palette()[classes]
+    elif encoding == "ordered":
+        table[classes] = palette()[1 : classes.size + 1]
     elif encoding == "gray":
         table[classes] = np.minimum(classes * 10 / 255.0, 1.0)[:, None]
     else:

@@ -34,6 +34,9 @@ class MVGConfig:
     window_size: int = 0
     window_blocks: tuple[int, ...] = ()
     grad_checkpointing: bool = False
+    pixel_skip: bool = False
+    """Give the decoder the image canvas' own pixels (a 3x3 convolution added to its pixel features),
+    so image tasks can keep the query's detail at 1:1; off in the presets, as in the reference."""
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

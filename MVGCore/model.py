@@ -19,6 +19,9 @@ from torch.utils.checkpoint import checkpoint
 from MVGCore.config import MVGConfig
 
 LAYER_NORM_EPS = 1e-6
+OPTIONAL_MODULES = ("decoder_skip",)
+"""Modules a config option adds (None when off); they start as a no-op, so weights of a model
+without them initialise the rest (``--init``)."""
 ATTENTION_MODES = ("bias", "folded")
 """How the relative position bias enters SDPA: as an ``attn_mask`` ("bias", the reference), or
 folded into extra query/key channels ("folded": the same numbers without a mask, so GPUs can use
@@ -177,6 +180,11 @@ class MVGModel(nn.Module):
             nn.GELU(),
             nn.Conv2d(config.decoder_dim, config.in_chans, kernel_size=1),
         )
+        self.decoder_skip = (
+            nn.Conv2d(config.in_chans, config.decoder_dim, kernel_size=3, padding=1)
+            if config.pixel_skip
+            else None
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -191,6 +199,9 @@ class MVGModel(nn.Module):
                 nn.init.zeros_(module.bias)
         proj = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
+        if self.decoder_skip is not None:  # starts as the model without the skip
+            nn.init.zeros_(self.decoder_skip.weight)
+            nn.init.zeros_(self.decoder_skip.bias)
 
     def grid_pos_embed(self, rows: int, cols: int) -> torch.Tensor:
         grid = self.config.pos_embed_grid
@@ -264,19 +275,28 @@ class MVGModel(nn.Module):
                 features.append(self.norm(z))
         features = torch.cat(features, dim=-1)
         if not query_only:
-            return self.decode(features)
+            return self.decode(features, images)
         # One token row of the prompt half above the query gives the 3x3 conv its context, so the
         # query tile is exactly the bottom half of the full output.
-        return self.decode(features[:, rows // 2 - 1 :])[..., self.config.patch_size :, :]
+        first = rows // 2 - 1
+        patch = self.config.patch_size
+        return self.decode(features[:, first:], images[..., first * patch :, :])[..., patch:, :]
 
-    def decode(self, features: torch.Tensor) -> torch.Tensor:
+    def decode(self, features: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         """Token features (B, rows, cols, C) -> pixels (B, 3, rows*p, cols*p). The pixel grid is
-        laid out channels-last, the layout the convolutions and LayerNorm2d run fastest in."""
+        laid out channels-last, the layout the convolutions and LayerNorm2d run fastest in.
+        ``images`` (B, 3, rows*p, cols*p) are the image canvas' pixels on the same grid, which
+        ``pixel_skip`` models add to the pixel features."""
         batch, rows, cols, _ = features.shape
         patch, channels = self.config.patch_size, self.config.decoder_dim
         x = self.decoder_embed(features).reshape(batch, rows, cols, patch, patch, channels)
         x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, rows * patch, cols * patch, channels)
-        return self.decoder_pred(x.permute(0, 3, 1, 2))
+        x = x.permute(0, 3, 1, 2)
+        if self.decoder_skip is not None:
+            if images is None:
+                raise ValueError("a pixel_skip model decodes with the image canvas' pixels; pass images")
+            x = x + self.decoder_skip(images.to(x.dtype))
+        return self.decoder_pred(x)
 
 
 def build_model(config: MVGConfig) -> MVGModel:

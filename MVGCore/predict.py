@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import cli
+from . import cli, zoom
+from .adapt import DEFAULT_LR as ADAPT_LR
+from .adapt import AdaptSettings, adapt
 from .canvas import (
     TileFit,
     build_canvases,
@@ -58,12 +60,14 @@ from .slicewise import (
     take_slice,
 )
 from .types import TASKS, CancelToken, ProgressFn, Prompt
+from .zoom import DEFAULT_MARGIN as ZOOM_MARGIN
 
 log = logging.getLogger(__name__)
 
 FLOAT32 = np.dtype(np.float32)
 
 ENSEMBLES = ("average", "feature")
+ZOOMS = ("prompts", "whole")
 PROGRESS_FORMATS = ("log", "json")
 CT_AIR_THRESHOLD = -500.0
 """``modality="auto"`` calls a volume CT when it holds values at or below this (air in HU)."""
@@ -95,6 +99,11 @@ class Options:
     seed: seed of the synthetic noise / holes in self-made prompts (denoise / inpaint).
     auto_prompts: how many self-made prompts denoise / inpaint build when no prompts are given.
     target_modality, target_window: normalisation of synthesis targets (as modality / window).
+    zoom: segmentation only: "prompts" runs the model on the in-plane region around the prompt
+        labels (plus ``zoom_margin`` x the box's longer side on each side); "whole" on whole slices.
+    adapt_steps: segmentation only: tune a copy of the model for this many steps on pairs made of
+        the prompts before predicting (:mod:`MVGCore.adapt`; seeded by ``seed``, learning rate
+        ``adapt_lr``); 0 = off. The Predictor's own model is never changed.
     """
 
     modality: str = "auto"
@@ -108,8 +117,21 @@ class Options:
     auto_prompts: int = 4
     target_modality: str = "auto"
     target_window: str | tuple[float, float] | None = None
+    zoom: str = "prompts"
+    zoom_margin: float = ZOOM_MARGIN
+    adapt_steps: int = 0
+    adapt_lr: float = ADAPT_LR
 
     def __post_init__(self) -> None:
+        AdaptSettings(self.adapt_steps, self.adapt_lr)  # checks both
+        if self.zoom not in ZOOMS:
+            raise ValueError(f"option zoom must be one of {ZOOMS}, got {self.zoom!r}")
+        if (
+            isinstance(self.zoom_margin, bool)
+            or not isinstance(self.zoom_margin, (int, float))
+            or not (0 <= self.zoom_margin < 10)
+        ):
+            raise ValueError(f"option zoom_margin must be a number in [0, 10), got {self.zoom_margin!r}")
         for name in ("modality", "target_modality"):
             value = getattr(self, name)
             if value != "auto":
@@ -175,6 +197,8 @@ class _Job:
     out_range: IntensityRange | None = None
     table: np.ndarray | None = None
     hole: np.ndarray | None = None
+    model: MVGModel | None = None
+    """The model that answers (an adapted copy); None = the Predictor's."""
 
     @property
     def segmentation(self) -> bool:
@@ -197,7 +221,7 @@ class Predictor:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = _resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device)  # its train/eval mode is the caller's (see _forward)
         self.batch_size = batch_size
         self.config: MVGConfig = model.config
 
@@ -229,7 +253,7 @@ class Predictor:
             model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         else:
             model, _ = load_model(path)
-        return cls(model, device=device, **kwargs)
+        return cls(model.eval(), device=device, **kwargs)
 
     # ---------------------------------------------------------------- tasks
 
@@ -246,16 +270,63 @@ class Predictor:
         """Label volume (the prompt targets' integer dtype; bool -> uint8) on the grid of ``image``.
 
         Prompts are label slices of ``image`` itself (``Prompt.index`` set; returned unchanged)
-        and/or (image, label) pairs from other volumes. Labels decode to the classes the chosen
-        prompts show, through the fixed inference palette.
+        and/or (image, label) pairs from other volumes. The prompts' classes are colored in
+        order, whatever their label values, and decoded back to those values. With
+        ``zoom="prompts"`` (the default) the model runs on the in-plane region around the prompt
+        labels (:mod:`MVGCore.zoom`); everything outside it is background.
         """
         opts = Options.parse(options)
         volume, axis = _check_volume(image, "image"), check_axis(axis)
         prompts = required_prompts(prompts, "segment")
-        in_range = self._input_range(volume, opts)
+        in_range = self._input_range(volume, opts)  # of the whole volume, whatever the zoom
         spacing = _plane_spacing(opts.spacing, axis)
         dtype = label_dtype(prompts)
         kept = kept_targets(prompts, volume.shape, axis)
+        region = None
+        if opts.zoom == "prompts":
+            region = zoom.prompt_region(prompts, plane_shape(volume.shape, axis), spacing, opts.zoom_margin)
+        if region is None or region.covers(plane_shape(volume.shape, axis)):
+            return self._segment_job(
+                volume, prompts, axis, opts, in_range, spacing, kept, dtype, progress, cancel
+            )
+        # The model fills the region's view of whole-grid outputs; the rest stays background.
+        cropped = [zoom.crop_prompt(p, region, spacing, opts.zoom_margin) for p in prompts]
+        inner = zoom.crop_volume(volume, axis, region)
+        out = np.zeros(volume.shape, dtype=dtype)
+        spread = np.zeros(volume.shape, dtype=np.float32) if opts.return_disagreement else None
+        self._segment_job(
+            inner,
+            cropped,
+            axis,
+            opts,
+            in_range,
+            spacing,
+            kept_targets(cropped, inner.shape, axis),
+            dtype,
+            progress,
+            cancel,
+            out=zoom.crop_volume(out, axis, region),
+            disagreement=None if spread is None else zoom.crop_volume(spread, axis, region),
+        )
+        for index, target in kept.items():  # the user's prompt slices, whole and as given
+            put_slice(out, axis, index, np.asarray(target).astype(dtype, copy=False))
+        return out if spread is None else (out, spread)
+
+    def _segment_job(
+        self,
+        volume: np.ndarray,
+        prompts: Sequence[Prompt],
+        axis: int,
+        opts: Options,
+        in_range: IntensityRange,
+        spacing: tuple[float, float],
+        kept: dict[int, np.ndarray],
+        dtype: np.dtype,
+        progress: ProgressFn | None,
+        cancel: CancelToken | None,
+        out: np.ndarray | None = None,
+        disagreement: np.ndarray | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         examples = [
             self._label_example(number, p, in_range, opts, spacing) for number, p in enumerate(prompts)
         ]
@@ -273,9 +344,9 @@ class Predictor:
             fit,
             spacing,
             dtype,
-            table=color_table(classes, "palette"),
+            table=color_table(classes, "ordered"),
         )
-        return self._run(job, progress, cancel)
+        return self._run(job, progress, cancel, out, disagreement)
 
     def denoise(
         self,
@@ -494,17 +565,38 @@ class Predictor:
     # ---------------------------------------------------------------- the loop
 
     def _run(
-        self, job: _Job, progress: ProgressFn | None, cancel: CancelToken | None
+        self,
+        job: _Job,
+        progress: ProgressFn | None,
+        cancel: CancelToken | None,
+        out: np.ndarray | None = None,
+        disagreement: np.ndarray | None = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Every slice of ``job``, written into ``out`` / ``disagreement`` (new arrays when None)."""
         volume, axis, opts = job.volume, job.axis, job.options
         n_slices = volume.shape[axis]
         if opts.propagate and not job.kept:
             raise ValueError(
                 "propagate needs prompts that are slices of the volume itself (Prompt.index set)"
             )
-        out = np.empty(volume.shape, dtype=job.out_dtype)
-        disagreement = np.zeros(volume.shape, dtype=np.float32) if opts.return_disagreement else None
-        loop = SliceLoop(n_slices, progress, cancel)
+        if out is None:
+            out = np.empty(volume.shape, dtype=job.out_dtype)
+        if disagreement is None and opts.return_disagreement:
+            disagreement = np.zeros(volume.shape, dtype=np.float32)
+        if opts.adapt_steps and not job.segmentation:
+            raise ValueError("option adapt_steps (test-time adaptation) applies to segment only")
+        # Adaptation steps and slices make one progress count, so a caller sees one bar.
+        loop = SliceLoop(n_slices + opts.adapt_steps, progress, cancel)
+        if opts.adapt_steps:
+            loop.check()
+
+            def step_done() -> None:
+                loop.advance()
+                loop.check()
+
+            settings = AdaptSettings(opts.adapt_steps, opts.adapt_lr, seed=opts.seed)
+            examples = [(e.image, e.target) for e in job.examples]
+            job.model = adapt(self.model, examples, settings, self.device, on_step=step_done)
         done = 0
         for index, target in job.kept.items():
             put_slice(out, axis, index, np.asarray(target).astype(job.out_dtype, copy=False))
@@ -602,10 +694,10 @@ class Predictor:
             tables=job.table,
         )
         feature = job.options.ensemble == "feature" and k > 1
-        answers = self._forward(canvases, k if feature else 1)
+        answers = self._forward(canvases, k if feature else 1, job.model)
         singles = answers
         if feature and job.options.return_disagreement:
-            singles = self._forward(canvases, 1)
+            singles = self._forward(canvases, 1, job.model)
         results = []
         for number, (query, chosen) in enumerate(chunk):
             group = answers[number * k : (number + 1) * k]
@@ -613,7 +705,7 @@ class Predictor:
             results.append(self._decode(job, query, chosen, group, single))
         return results
 
-    def _forward(self, canvases, ensemble_k: int) -> torch.Tensor:
+    def _forward(self, canvases, ensemble_k: int, model: MVGModel | None = None) -> torch.Tensor:
         """Query halves of the predicted target canvases as [0, 1] RGB on the CPU, (B, 3, S, S)."""
         batch = canvases.images.shape[0]
         mask = torch.from_numpy(ar_mask(self.config.grid)).expand(batch, -1)
@@ -622,14 +714,20 @@ class Predictor:
             if self.device.startswith("cuda")
             else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast:
-            pred = self.model(
-                canvases.images.to(self.device),
-                canvases.targets.to(self.device),
-                mask.to(self.device),
-                ensemble_k=ensemble_k,
-                query_only=True,
-            )
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode(), autocast:
+                pred = model(
+                    canvases.images.to(self.device),
+                    canvases.targets.to(self.device),
+                    mask.to(self.device),
+                    ensemble_k=ensemble_k,
+                    query_only=True,
+                )
+        finally:
+            model.train(was_training)
         return imagenet_denormalize(pred.float()).clamp(0.0, 1.0).cpu()
 
     def _decode(

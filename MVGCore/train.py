@@ -49,9 +49,9 @@ from MVGCore.coloring import decode
 from MVGCore.data.samplers import InContextDataset
 from MVGCore.data.store import MANIFEST, SliceStore, StoredCase
 from MVGCore.loss import mvg_loss
-from MVGCore.masking import MaskSampler
+from MVGCore.masking import DEFAULT_AR_PROBABILITY, MaskSampler
 from MVGCore.metrics import dice_per_class, psnr
-from MVGCore.model import MVGModel
+from MVGCore.model import OPTIONAL_MODULES, MVGModel
 from MVGCore.optim import build_optimizer, lr_at, set_lr
 from MVGCore.train_state import (
     last_checkpoint,
@@ -67,6 +67,7 @@ from MVGCore.training_batch import (
     TrainBatch,
 )
 from MVGCore.training_config import TrainConfig, load_config, parse_override, save_config
+from MVGCore.volume_validation import validate_volumes
 
 log = logging.getLogger("MVGCore.train")
 
@@ -237,7 +238,9 @@ def validation_batches(
         sampler_config = config.sampler_config()
         sampler_config.tasks = {task: 1.0}
         try:
-            sampler = InContextDataset(store, sampler_config, seed=config.seed)
+            sampler = InContextDataset(
+                store, sampler_config, seed=config.seed, tile_size=config.model_config().tile_size
+            )
         except ValueError as error:
             log.warning("no validation for task %r: %s", task, error)
             continue
@@ -364,13 +367,23 @@ def _initialise(model: MVGModel, config: TrainConfig) -> None:
         if path.suffix in PICKLE_SUFFIXES:
             raise ValueError(f"init {path}: MVGCore checkpoints are .safetensors; convert pickle files first")
         weights, _ = load_tensors(path)
+        # Modules an option adds (pixel_skip) start as a no-op, so a checkpoint made without them
+        # initialises everything else.
+        optional = tuple(f"{name}." for name in OPTIONAL_MODULES if getattr(model, name) is not None)
         try:
-            model.load_state_dict(weights)
+            missing, unexpected = model.load_state_dict(weights, strict=False)
         except RuntimeError as error:
             raise ValueError(
                 f"init {path} does not fit model {config.model} {config.model_overrides}: {error}"
             ) from error
-        log.info("initialised all weights from %s", path)
+        lacking = [k for k in missing if not k.startswith(optional)]
+        if lacking or unexpected:
+            raise ValueError(
+                f"init {path} does not fit model {config.model} {config.model_overrides}: "
+                f"missing {lacking}, unexpected {list(unexpected)}"
+            )
+        fresh = sorted({k.split(".")[0] for k in missing})
+        log.info("initialised weights from %s%s", path, f" (new, as initialised: {fresh})" if fresh else "")
     if config.init_encoder:
         from MVGCore.checkpoint import load_state_dict_file
         from MVGCore.pretrained import load_vit_encoder
@@ -550,17 +563,22 @@ def _run(
     torch.use_deterministic_algorithms(config.deterministic)
     model_config = config.model_config()
     store = prepare_store(config, out, env)
-    if store.tile_size != model_config.tile_size:
+    if store.tile_size < model_config.tile_size:
         raise ValueError(
             f"slice store {store.path} has {store.tile_size}-pixel tiles but model {config.model!r} "
-            f"expects {model_config.tile_size}; set model_overrides.tile_size or prepare a matching store"
+            f"needs {model_config.tile_size}; set model_overrides.tile_size or prepare a bigger store"
         )
     train_keys, val_keys = split_cases(store.cases, config)
     if env.is_main:
         split = json.dumps({"store": str(store.path), "train": train_keys, "val": val_keys}, indent=1)
         atomic_write(out / "split.json", lambda temp: Path(temp).write_text(split))
     grid = model_config.grid
-    train_sampler = InContextDataset(store_view(store, train_keys), config.sampler_config(), seed=config.seed)
+    train_sampler = InContextDataset(
+        store_view(store, train_keys),
+        config.sampler_config(),
+        seed=config.seed,
+        tile_size=model_config.tile_size,
+    )
     val_batches = (
         validation_batches(store_view(store, val_keys), config, grid) if val_keys and env.is_main else {}
     )
@@ -596,7 +614,8 @@ def _run(
     amp = _amp_dtype(config, env.device)
     # Step `step` itself was logged (train record, validation) before its checkpoint was written.
     metrics = _Metrics(out, step + 1 if resume else 0, env.is_main)
-    collator = CanvasCollator(grid, config.seed, TRAIN_STREAM, MaskSampler(grid))
+    masks = MaskSampler(grid, ar_probability={**DEFAULT_AR_PROBABILITY, **config.mask_ar})
+    collator = CanvasCollator(grid, config.seed, TRAIN_STREAM, masks)
     loader = DataLoader(
         SampleStream(train_sampler, config.seed, TRAIN_STREAM),
         batch_sampler=StepBatchSampler(
@@ -618,8 +637,12 @@ def _run(
 
     def run_validation(at: int) -> None:
         nonlocal last_val
-        if env.is_main and val_batches:
-            last_val, montages = validate(model, val_batches, env.device, amp, out / "val", at)
+        if env.is_main and (val_batches or config.val_volumes):
+            last_val, montages = (
+                validate(model, val_batches, env.device, amp, out / "val", at) if val_batches else ({}, {})
+            )
+            if config.val_volumes:
+                last_val.update(validate_volumes(model, config.val_volumes, config.val_volume_prompts))
             metrics.write({"step": at, "kind": "val", **last_val})
             metrics.images(montages, at)
             log.info("step %d validation: %s", at, {k: round(v, 4) for k, v in last_val.items()})

@@ -79,8 +79,10 @@ def collate_canvases(
         if segmentation:
             prompt_target = np.asarray(sample["prompt_target"]).astype(np.int64)
             query_target = np.asarray(sample["query_target"]).astype(np.int64)
-            present = sorted(set(np.unique(prompt_target).tolist()) | set(np.unique(query_target).tolist()))
-            present = [c for c in present if c != 0]
+            # The prompt defines the task: a query class it does not show cannot be inferred (and
+            # inference decodes only the prompt's classes), so it is background in the target.
+            present = [c for c in np.unique(prompt_target).tolist() if c != 0]
+            query_target = np.where(np.isin(query_target, present), query_target, 0)
             table = color_table(present, "random", rng)
             targets = (prompt_target[None], query_target[None])
         else:

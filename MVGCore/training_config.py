@@ -41,6 +41,12 @@ class TrainConfig:
     tasks: list[str] | dict[str, float] = field(default_factory=lambda: list(TASKS))
     sampler: dict[str, Any] = field(default_factory=dict)
     val_cases: list[str] = field(default_factory=list)
+    val_volumes: list[str] = field(default_factory=list)
+    """Open-sample ids (``source/name``) of held-out labelled volumes segmented at every validation
+    the way users run it (``val_volume_prompts`` prompt slices, Dice on all other slices)."""
+    val_volume_prompts: int = 2
+    mask_ar: dict[str, float] = field(default_factory=dict)
+    """Chance of the AR mask (the whole query half hidden) per task, over the reference's mix."""
     val_fraction: float = 0.2
     val_samples: int = 8
     val_every: int = 100
@@ -104,7 +110,15 @@ class TrainConfig:
             problems.append(f"axis must be 0, 1 or 2, got {self.axis}")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "val_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "log_every",
+            "ckpt_every",
+            "val_every",
+            "val_volume_prompts",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("val_samples", "warmup_steps", "num_workers", "phantoms"):
@@ -122,6 +136,11 @@ class TrainConfig:
             problems.append("weight_decay and clip_grad must not be negative (clip_grad 0 = off)")
         if self.amp not in AMP_MODES:
             problems.append(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        for task, chance in self.mask_ar.items():
+            if task not in TASKS or not isinstance(chance, (int, float)) or not 0.0 <= chance <= 1.0:
+                problems.append(
+                    f"mask_ar maps tasks of {list(TASKS)} to chances in [0, 1], got {task}: {chance}"
+                )
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.model_config()  # unknown or inconsistent model overrides fail here, not mid-run

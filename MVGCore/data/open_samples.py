@@ -106,6 +106,8 @@ _SAMPLES: dict[str, tuple[_Sample, ...]] = {
         _Sample("ch2_aal", "MR", "ch2.nii.gz", label="aal.nii.gz"),
         _Sample("ch2_brodmann", "MR", "ch2.nii.gz", label="brodmann.nii.gz"),
         _Sample("ch2_brain", "MR", "ch2.nii.gz", label="ch2_brainmask.nii.gz"),
+        # Seven structures a user would paint (lobes, deep grey matter, cerebellum), grouped from AAL.
+        _Sample("ch2_lobes", "MR", "ch2.nii.gz", label="aal_lobes.nii.gz"),
         _Sample("ch2better", "MR", "ch2better.nii.gz"),
         # NeuroMaps has 725 distinct region ids, more than an 8-bit label store or one canvas can
         # color, so INIA19 serves the image tasks only.
@@ -152,7 +154,12 @@ def obtain(source: str, cache: Path | None = None) -> Path:
     root = Path(cache) if cache is not None else cache_dir()
     folder = root / "open_samples" / source
     if (folder / _COMPLETE).exists():
-        return folder
+        missing = _missing_files(source, folder)
+        if not missing:
+            return folder
+        log.info(
+            "open samples %r: %s lacks %s (an older MVGCore made it); rebuilding", source, folder, missing
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{source}-", dir=folder.parent) as work:
         work = Path(work)
@@ -160,12 +167,12 @@ def obtain(source: str, cache: Path | None = None) -> Path:
         staging.mkdir()
         log.info("obtaining open samples %r: %s", source, SOURCES[source].obtained)
         _FETCHERS[source](work, staging)
-        missing = [p for s in _SAMPLES[source] for p in _sample_files(s) if not (staging / p).exists()]
+        missing = _missing_files(source, staging)
         if missing:
             raise RuntimeError(f"open samples {source!r}: the package no longer holds {', '.join(missing)}")
         (staging / _COMPLETE).write_text(SOURCES[source].obtained + "\n")
         if folder.exists():  # an interrupted earlier run, or another process finished first
-            if (folder / _COMPLETE).exists():
+            if (folder / _COMPLETE).exists() and not _missing_files(source, folder):
                 return folder
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -222,6 +229,10 @@ def load(case_id: str, cache: Path | None = None) -> tuple[Volume, Volume | None
     folder = obtain(source, cache)
     second = sample.label or sample.target
     return read_volume(folder / sample.image), read_volume(folder / second) if second else None
+
+
+def _missing_files(source: str, folder: Path) -> list[str]:
+    return [p for s in _SAMPLES[source] for p in _sample_files(s) if not (folder / p).exists()]
 
 
 def _sample_files(sample: _Sample) -> list[str]:
@@ -320,6 +331,29 @@ def _fetch_mricron(work: Path, out: Path) -> None:
     write_volume(
         out / "ch2_brainmask.nii.gz", Volume((stripped.array > 0).astype(np.uint8), stripped.geometry)
     )
+    aal = read_volume(out / "aal.nii.gz")
+    write_volume(out / "aal_lobes.nii.gz", Volume(aal_lobes(aal.array), aal.geometry))
+
+
+AAL_LOBES = {
+    1: ("frontal", 1, 28),
+    2: ("insula, cingulate and medial temporal", 29, 42),
+    3: ("occipital", 43, 56),
+    4: ("parietal", 57, 70),
+    5: ("deep grey matter", 71, 78),
+    6: ("temporal", 79, 90),
+    7: ("cerebellum", 91, 116),
+}
+"""AAL (116 regions, the atlas's own index order) grouped into seven structures: label -> (name,
+first AAL index, last AAL index)."""
+
+
+def aal_lobes(aal: np.ndarray) -> np.ndarray:
+    """A uint8 map of the seven :data:`AAL_LOBES` structures from an AAL label map (0 elsewhere)."""
+    lobes = np.zeros(aal.shape, np.uint8)
+    for label, (_, first, last) in AAL_LOBES.items():
+        lobes[(aal >= first) & (aal <= last)] = label
+    return lobes
 
 
 def _fetch_nilearn(work: Path, out: Path) -> None:

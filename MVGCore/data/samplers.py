@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..canvas import resize_plane
 from ..degrade import HOLE_MODELS, NOISE_MODELS, add_noise, apply_hole, make_hole, noise_level
 from ..types import TASKS
 from .store import SliceStore, StoredCase
@@ -36,11 +37,15 @@ DEFAULT_NOISE: dict[str, dict[str, float]] = {
 costs ~0.15 s per tile on one CPU core."""
 
 
+PAIRINGS = ("propagation", "independent")
+
+
 @dataclass
 class AugmentConfig:
-    """Random resized crop (independent for prompt and query, as the reference's random crops),
-    flips (shared, so prompt and query keep one orientation) and intensity jitter (shared, so
-    the prompt still shows the query's mapping). Labels always follow their image's geometry."""
+    """Random resized crop (one box for prompt and query, or independent ones with
+    ``SamplerConfig.pairing="independent"``, the reference's random crops), flips (shared, so
+    prompt and query keep one orientation) and intensity jitter (shared, so the prompt still shows
+    the query's mapping). Labels always follow their image's geometry."""
 
     crop_prob: float = 1.0
     crop_scale: tuple[float, float] = (0.6, 1.0)
@@ -54,6 +59,22 @@ class AugmentConfig:
 
 
 @dataclass
+class PropagationConfig:
+    """Slice distance and the small independent motion between prompt and query of a propagation pair."""
+
+    near: tuple[int, int] = (1, 8)
+    """Distance in source slices, drawn uniformly in this range ..."""
+    far_prob: float = 0.15
+    """... except with this chance, when the prompt is any other foreground slice of the case."""
+    shift: float = 3.0
+    """Independent shift of the prompt half, in tile pixels (uniform in +-shift)."""
+    rotate: float = 4.0
+    """Independent rotation of the prompt half, in degrees (uniform in +-rotate)."""
+    scale: tuple[float, float] = (0.95, 1.05)
+    """Independent scale of the prompt half."""
+
+
+@dataclass
 class SamplerConfig:
     """What to draw. Unlisted datasets get weight 1; a weight of 0 switches a task or dataset off."""
 
@@ -63,6 +84,23 @@ class SamplerConfig:
     """Segmentation and synthesis: chance that the prompt comes from another case of the dataset."""
     binary_prob: float = 0.0
     """Segmentation: chance to keep one class present in the prompt (as a user prompting one structure)."""
+    max_classes: int = 8
+    """Segmentation: at most this many of the prompt's classes are kept (a random subset), as users paint."""
+    pairing: str = "propagation"
+    """Segmentation: "propagation" (prompt a few slices from the query, one crop box for both, plus a
+    small independent jitter: what inference in a volume sees) or "independent" (any two foreground
+    slices, independent crops: the reference's pairs)."""
+    propagation: PropagationConfig = field(default_factory=lambda: PropagationConfig())
+    zoom_prob: float = 0.0
+    """Segmentation: chance of a view centred on the kept structures' box (with margin), the zoom
+    inference applies (:mod:`MVGCore.zoom`); otherwise a crop of the whole slice."""
+    zoom_margin: tuple[float, float] = (0.1, 0.5)
+    """Margin added on each side of the structures' box, as a fraction of its longer side (drawn)."""
+    zoom_min_size: int = 48
+    """Smallest zoom box side in native pixels (inference uses the same floor)."""
+    native_prob: float = 0.0
+    """Denoise / inpaint: chance of a crop at the source's native pixel scale (what tiled inference
+    sees); otherwise the whole slice as fitted into the store."""
     real_pair_prob: float = 0.5
     """Denoising: chance to use a stored degraded/clean pair when the case has one."""
     noise: dict[str, dict[str, float]] = field(
@@ -79,7 +117,11 @@ class SamplerConfig:
         augment = dict(config.pop("augment", None) or {})
         _check_keys(augment, AugmentConfig, "sampler config 'augment'")
         augment = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}
-        result = cls(**config, augment=AugmentConfig(**augment))
+        propagation = dict(config.pop("propagation", None) or {})
+        _check_keys(propagation, PropagationConfig, "sampler config 'propagation'")
+        propagation = {k: tuple(v) if isinstance(v, list) else v for k, v in propagation.items()}
+        config = {k: tuple(v) if k == "zoom_margin" else v for k, v in config.items()}
+        result = cls(**config, augment=AugmentConfig(**augment), propagation=PropagationConfig(**propagation))
         if "noise" in config:  # a partial table overrides the defaults modality by modality
             result.noise = {**{m: dict(w) for m, w in DEFAULT_NOISE.items()}, **config["noise"]}
         result.validate()
@@ -93,7 +135,26 @@ class SamplerConfig:
         if self.tasks.get("inpaint", 0) > 0:
             _check_weights(self.holes, HOLE_MODELS, "holes", need_positive=True)
         _check_weights(self.datasets, None, "datasets")
-        for name in ("cross_case_prob", "binary_prob", "real_pair_prob"):
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"sampler config pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+        if (
+            isinstance(self.max_classes, bool)
+            or not isinstance(self.max_classes, int)
+            or self.max_classes < 1
+        ):
+            raise ValueError(
+                f"sampler config max_classes must be a positive integer, got {self.max_classes!r}"
+            )
+        near = self.propagation.near
+        if len(near) != 2 or not 1 <= near[0] <= near[1]:
+            raise ValueError(
+                f"sampler config propagation.near must be (low, high) with 1 <= low <= high, got {near}"
+            )
+        if not 0.0 <= self.zoom_margin[0] <= self.zoom_margin[1]:
+            raise ValueError(
+                f"sampler config zoom_margin must be (low, high), 0 <= low <= high, got {self.zoom_margin}"
+            )
+        for name in ("cross_case_prob", "binary_prob", "real_pair_prob", "zoom_prob", "native_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(
                     f"sampler config {name} must be a probability in [0, 1], got {getattr(self, name)}"
@@ -102,6 +163,10 @@ class SamplerConfig:
 
 class InContextDataset(Dataset):
     """Map-style dataset of ``length`` in-context samples per epoch, drawn from a slice store.
+
+    Samples are ``tile_size`` pixels square (default: the store's tile). A store of larger tiles
+    lets segmentation zoom onto structures and image tasks crop at native pixel scale without
+    enlarging a shrunken slice.
 
     Each item is a dict: ``prompt_image``, ``query_image`` float32 (S, S) in [0, 1];
     ``prompt_target``, ``query_target`` int64 labels for "segment", float32 [0, 1] images
@@ -116,6 +181,7 @@ class InContextDataset(Dataset):
         config: SamplerConfig | dict[str, Any] | None = None,
         length: int = 10_000,
         seed: int = 0,
+        tile_size: int | None = None,
     ) -> None:
         self.store = store if isinstance(store, SliceStore) else SliceStore(store)
         self.config = config if isinstance(config, SamplerConfig) else SamplerConfig.from_dict(config)
@@ -130,7 +196,13 @@ class InContextDataset(Dataset):
                 f"sampler config names datasets not in store {self.store.path}: {sorted(unknown)}"
             )
         self.length, self.seed, self.epoch = length, seed, 0
-        self.size = self.store.tile_size
+        self.store_size = self.store.tile_size
+        self.size = self.store_size if tile_size is None else int(tile_size)
+        if not 1 <= self.size <= self.store_size:
+            raise ValueError(
+                f"sample tile size {self.size} must lie in [1, {self.store_size}] (the tiles of store "
+                f"{self.store.path}); prepare a store with --size {self.size} or larger"
+            )
         self._eligible = self._index_cases()
         self._tasks = [t for t in TASKS if self._eligible.get(t)]
         if not self._tasks:
@@ -191,27 +263,41 @@ class InContextDataset(Dataset):
 
     def _segment(self, rng: np.random.Generator, prompt_case: StoredCase, query_case: StoredCase) -> dict:
         channel = int(rng.integers(min(prompt_case.channels, query_case.channels)))
-        positions = _two_positions(
-            rng, prompt_case, query_case, prompt_case.foreground_positions, query_case.foreground_positions
+        propagation = prompt_case is query_case and self.config.pairing == "propagation"
+        if propagation:
+            positions = _propagation_positions(rng, query_case, self.config.propagation)
+        else:
+            positions = _two_positions(
+                rng,
+                prompt_case,
+                query_case,
+                prompt_case.foreground_positions,
+                query_case.foreground_positions,
+            )
+        cases = (prompt_case, query_case)
+        images = [self.store.image(c, p, channel) for c, p in zip(cases, positions)]
+        labels = _keep_classes(
+            rng,
+            [self.store.label(c, p).astype(np.int64) for c, p in zip(cases, positions)],
+            self.config.binary_prob,
+            self.config.max_classes,
         )
-        flips, jitter = self._shared_augment(rng)
-        halves = []
-        for case, position in zip((prompt_case, query_case), positions):
-            image, label = self.store.image(case, position, channel), self.store.label(case, position)
-            image, label = self._crop_pair(rng, flips, image, label, other_is_label=True)
-            halves.append((jitter(image), label.astype(np.int64)))
-        (prompt_image, prompt_label), (query_image, query_label) = halves
-        if rng.random() < self.config.binary_prob:
-            present = np.unique(prompt_label[prompt_label > 0])
-            if present.size:
-                keep = present[rng.integers(present.size)]
-                prompt_label = (prompt_label == keep).astype(np.int64)
-                query_label = (query_label == keep).astype(np.int64)
+        flips, jitter = shared_augment(rng, self.config.augment)
+        if propagation:  # one grid for both halves, as two slices of one volume at inference
+            box = self._segment_box(rng, query_case, labels)
+            boxes = [box, box]
+        else:
+            boxes = [self._segment_box(rng, c, [label]) for c, label in zip(cases, labels)]
+        (prompt_image, prompt_label), (query_image, query_label) = (
+            self._view(flips, box, image, label) for box, image, label in zip(boxes, images, labels)
+        )
+        if propagation:
+            prompt_image, prompt_label = move_half(rng, self.config.propagation, prompt_image, prompt_label)
         return {
-            "prompt_image": prompt_image,
-            "prompt_target": prompt_label,
-            "query_image": query_image,
-            "query_target": query_label,
+            "prompt_image": jitter(prompt_image),
+            "prompt_target": prompt_label.astype(np.int64),
+            "query_image": jitter(query_image),
+            "query_target": query_label.astype(np.int64),
         }
 
     def _denoise(self, rng: np.random.Generator, prompt_case: StoredCase, query_case: StoredCase) -> dict:
@@ -219,19 +305,20 @@ class InContextDataset(Dataset):
         real = case.target_row is not None and rng.random() < self.config.real_pair_prob
         channel = 0 if real else int(rng.integers(case.channels))
         positions = _two_positions(rng, case, case, range(len(case.slices)), range(len(case.slices)))
-        flips, jitter = self._shared_augment(rng)
+        flips, jitter = shared_augment(rng, self.config.augment)
+        box = self._image_box(rng, case)
         weights = self.config.noise.get(case.modalities[channel], DEFAULT_NOISE["OTHER"])
         model = _weighted_choice(rng, sorted(weights), [weights[m] for m in sorted(weights)])
         level = noise_level(model, rng)  # one noise model and level shared: the prompt shows it
         out = {}
         for half, position in zip(("prompt", "query"), positions):
-            clean = self.store.target(case, position) if real else self.store.image(case, position, channel)
             if real:
-                degraded = self.store.image(case, position, 0)
-                degraded, clean = self._crop_pair(rng, flips, degraded, clean)
+                degraded, clean = self._view(
+                    flips, box, self.store.image(case, position, 0), self.store.target(case, position)
+                )
                 degraded, clean = jitter(degraded), jitter(clean)
             else:
-                clean = jitter(self._crop_pair(rng, flips, clean)[0])
+                clean = jitter(self._view(flips, box, self.store.image(case, position, channel))[0])
                 degraded = add_noise(clean, model, level, rng)
             out[f"{half}_image"], out[f"{half}_target"] = degraded, clean
         return out
@@ -240,11 +327,12 @@ class InContextDataset(Dataset):
         case = query_case
         channel = int(rng.integers(case.channels))
         positions = _two_positions(rng, case, case, range(len(case.slices)), range(len(case.slices)))
-        flips, jitter = self._shared_augment(rng)
+        flips, jitter = shared_augment(rng, self.config.augment)
+        box = self._image_box(rng, case)
         models = sorted(m for m, w in self.config.holes.items() if w > 0)
         out = {}
         for half, position in zip(("prompt", "query"), positions):
-            clean = jitter(self._crop_pair(rng, flips, self.store.image(case, position, channel))[0])
+            clean = jitter(self._view(flips, box, self.store.image(case, position, channel))[0])
             model = _weighted_choice(rng, models, [self.config.holes[m] for m in models])
             hole = make_hole(model, clean.shape, rng)
             out[f"{half}_image"], out[f"{half}_target"] = apply_hole(clean, hole), clean
@@ -263,12 +351,13 @@ class InContextDataset(Dataset):
         positions = _two_positions(
             rng, prompt_case, query_case, range(len(prompt_case.slices)), range(len(query_case.slices))
         )
-        flips, jitter = self._shared_augment(rng)
+        flips, jitter = shared_augment(rng, self.config.augment)
+        box = self._image_box(rng, query_case)
         out = {}
         for half, case, position in zip(("prompt", "query"), (prompt_case, query_case), positions):
             image = self._channel(case, position, source)
             other = self._channel(case, position, target)
-            image, other = self._crop_pair(rng, flips, image, other)
+            image, other = self._view(flips, box, image, other)
             out[f"{half}_image"], out[f"{half}_target"] = jitter(image), other
         return out
 
@@ -281,43 +370,61 @@ class InContextDataset(Dataset):
 
     # -- augmentation -----------------------------------------------------------------------------
 
-    def _shared_augment(self, rng: np.random.Generator) -> tuple[tuple[bool, bool], Any]:
-        """Flips and an intensity jitter drawn once per sample, for prompt and query alike."""
-        aug = self.config.augment
-        flips = (bool(rng.random() < aug.vflip_prob), bool(rng.random() < aug.hflip_prob))
-        if rng.random() >= aug.jitter_prob:
-            return flips, lambda image: image
-        gamma = float(np.exp(rng.uniform(np.log(aug.gamma[0]), np.log(aug.gamma[1]))))
-        contrast, brightness = float(rng.uniform(*aug.contrast)), float(rng.uniform(*aug.brightness))
-
-        def jitter(image: np.ndarray) -> np.ndarray:
-            out = (np.power(image, gamma) - 0.5) * contrast + 0.5 + brightness
-            return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-        return flips, jitter
-
-    def _crop_pair(
-        self,
-        rng: np.random.Generator,
-        flips: tuple[bool, bool],
-        image: np.ndarray,
-        other: np.ndarray | None = None,
-        other_is_label: bool = False,
-    ) -> tuple[np.ndarray, ...]:
-        """The same random resized crop and flips on an image and its label (or paired image).
-
-        A crop that would cut away all of a label's foreground is replaced by the whole tile, so
-        a segmentation prompt never loses its only example.
-        """
-        arrays = [image] if other is None else [image, other]
+    def _whole_box(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """A random resized crop of the stored tile (or all of it), (top, left, height, width)."""
         aug = self.config.augment
         if rng.random() < aug.crop_prob:
-            top, left, height, width = _crop_box(rng, self.size, aug.crop_scale, aug.crop_ratio)
-            cropped = [a[top : top + height, left : left + width] for a in arrays]
-            if not (other_is_label and other.any() and not cropped[1].any()):
-                arrays = [
-                    _resize(c, self.size, is_label=i == 1 and other_is_label) for i, c in enumerate(cropped)
-                ]
+            return _crop_box(rng, self.store_size, aug.crop_scale, aug.crop_ratio)
+        return (0, 0, self.store_size, self.store_size)
+
+    def _segment_box(
+        self, rng: np.random.Generator, case: StoredCase, labels: list[np.ndarray]
+    ) -> tuple[int, int, int, int]:
+        """The kept structures' box with a random margin (the zoom of inference), or a whole-slice crop.
+
+        A whole-slice crop that would cut away all of a label's foreground becomes the whole tile,
+        so a prompt never loses its only example.
+        """
+        rows, cols = np.nonzero(np.any(np.stack(labels) > 0, axis=0))
+        if rows.size and rng.random() < self.config.zoom_prob:
+            margin = rng.uniform(*self.config.zoom_margin)
+            floor = self.config.zoom_min_size * native_scale(case)
+            return square_box(rows.min(), rows.max() + 1, cols.min(), cols.max() + 1, margin, floor)
+        box = self._whole_box(rng)
+        top, left, height, width = box
+        if any(lab.any() and not lab[top : top + height, left : left + width].any() for lab in labels):
+            return (0, 0, self.store_size, self.store_size)
+        return box
+
+    def _image_box(self, rng: np.random.Generator, case: StoredCase) -> tuple[int, int, int, int]:
+        """A tile-sized crop at the source's native pixel scale (tiled inference), or a whole-slice crop."""
+        if rng.random() >= self.config.native_prob:
+            return self._whole_box(rng)
+        side = max(1, round(self.size * native_scale(case)))
+        fit = case.source["fit"]
+        (top, left), (height, width) = fit["offset"], fit["content"]
+        # Anywhere inside the slice's content; centred (and padded) when the content is smaller.
+        row = top + (int(rng.integers(height - side + 1)) if height > side else (height - side) // 2)
+        col = left + (int(rng.integers(width - side + 1)) if width > side else (width - side) // 2)
+        return (row, col, side, side)
+
+    def _view(
+        self,
+        flips: tuple[bool, bool],
+        box: tuple[int, int, int, int],
+        image: np.ndarray,
+        label: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, ...]:
+        """``box`` of the stored tile (zero outside it) resized to the sample tile, then flipped.
+
+        ``label`` is a label map (nearest neighbour) when it has an integer dtype, else a paired
+        image, resized like the image.
+        """
+        arrays = [image] if label is None else [image, label]
+        is_label = [False, label is not None and np.issubdtype(label.dtype, np.integer)]
+        arrays = [
+            resize_plane(_crop(a, box), (self.size, self.size), is_label[i]) for i, a in enumerate(arrays)
+        ]
         if flips[0]:
             arrays = [a[::-1] for a in arrays]
         if flips[1]:
@@ -374,13 +481,101 @@ def _crop_box(rng, size, scale, ratio) -> tuple[int, int, int, int]:
     return int(rng.integers(size - height + 1)), int(rng.integers(size - width + 1)), height, width
 
 
-def _resize(array: np.ndarray, size: int, is_label: bool) -> np.ndarray:
-    if array.shape == (size, size):
-        return array
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    if is_label:
-        return F.interpolate(x, size=(size, size), mode="nearest-exact")[0, 0].numpy().astype(array.dtype)
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+def native_scale(case: StoredCase) -> float:
+    """Stored tile pixels per source pixel (along the finer in-plane axis): 1 for a 512 px CT
+    slice in a 512 store, 2 for a 256 px MR slice there, 0.25 for a 512 px slice in a 128 store."""
+    fit = case.source.get("fit") if case.source else None
+    if not fit:
+        return 1.0
+    return max(c / s for c, s in zip(fit["content"], fit["shape"]))
+
+
+def square_box(
+    top: float, bottom: float, left: float, right: float, margin: float, floor: float
+) -> tuple[int, int, int, int]:
+    """The square (top, left, side, side) around rows [top, bottom) x cols [left, right) with
+    ``margin`` x the longer side added on each side, and at least ``floor`` pixels wide."""
+    side = max(bottom - top, right - left)
+    side_px = int(np.ceil(max(side * (1.0 + 2.0 * margin), floor, 1.0)))
+    centre_r, centre_c = (top + bottom) / 2.0, (left + right) / 2.0
+    return (round(centre_r - side_px / 2.0), round(centre_c - side_px / 2.0), side_px, side_px)
+
+
+def _crop(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``array[top:top+height, left:left+width]``, zero where the box leaves the array."""
+    top, left, height, width = box
+    out = np.zeros((height, width), dtype=array.dtype)
+    r0, r1 = max(top, 0), min(top + height, array.shape[0])
+    c0, c1 = max(left, 0), min(left + width, array.shape[1])
+    if r1 > r0 and c1 > c0:
+        out[r0 - top : r1 - top, c0 - left : c1 - left] = array[r0:r1, c0:c1]
+    return out
+
+
+def _propagation_positions(
+    rng: np.random.Generator, case: StoredCase, config: PropagationConfig
+) -> tuple[int, int]:
+    """(prompt, query) stored positions of one case: the prompt a drawn number of source slices
+    from the query (the nearest foreground slice to that distance), or far with ``far_prob``."""
+    pool = list(case.foreground_positions)
+    query = pool[rng.integers(len(pool))]
+    others = [p for p in pool if p != query]
+    if not others:
+        return query, query
+    if rng.random() < config.far_prob:
+        return others[rng.integers(len(others))], query
+    distance = int(rng.integers(config.near[0], config.near[1] + 1)) * (1 if rng.random() < 0.5 else -1)
+    wanted = case.slices[query] + distance
+    prompt = min(others, key=lambda p: (abs(case.slices[p] - wanted), p))
+    return prompt, query
+
+
+def _keep_classes(
+    rng: np.random.Generator, labels: list[np.ndarray], binary_prob: float, max_classes: int
+) -> list[np.ndarray]:
+    """Keep one (with ``binary_prob``) or up to ``max_classes`` of the prompt's (``labels[0]``)
+    classes; the others become background in every label."""
+    present = np.unique(labels[0][labels[0] > 0])
+    if not present.size:
+        return labels
+    count = 1 if rng.random() < binary_prob else min(max_classes, present.size)
+    if count == present.size:
+        return labels
+    keep = rng.choice(present, size=count, replace=False)
+    return [np.where(np.isin(label, keep), label, 0) for label in labels]
+
+
+def shared_augment(rng: np.random.Generator, aug: AugmentConfig) -> tuple[tuple[bool, bool], Any]:
+    """Flips (vertical, horizontal) and an intensity jitter drawn once per sample, for prompt and
+    query alike."""
+    flips = (bool(rng.random() < aug.vflip_prob), bool(rng.random() < aug.hflip_prob))
+    if rng.random() >= aug.jitter_prob:
+        return flips, lambda image: image
+    gamma = float(np.exp(rng.uniform(np.log(aug.gamma[0]), np.log(aug.gamma[1]))))
+    contrast, brightness = float(rng.uniform(*aug.contrast)), float(rng.uniform(*aug.brightness))
+
+    def jitter(image: np.ndarray) -> np.ndarray:
+        out = (np.power(image, gamma) - 0.5) * contrast + 0.5 + brightness
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+    return flips, jitter
+
+
+def move_half(
+    rng: np.random.Generator, config: PropagationConfig, image: np.ndarray, label: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A small random shift, rotation and scale of one half (the anatomy moving between slices)."""
+    size = image.shape[-1]
+    angle = np.deg2rad(rng.uniform(-config.rotate, config.rotate))
+    scale = rng.uniform(*config.scale)
+    shift = rng.uniform(-config.shift, config.shift, size=2) * 2.0 / size  # normalised coordinates
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    theta = torch.tensor([[cos, -sin, shift[0]], [sin, cos, shift[1]]], dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, [1, 1, *image.shape], align_corners=False)
+    planes = torch.from_numpy(np.stack([image, label]).astype(np.float32))[:, None]
+    moved_image = F.grid_sample(planes[:1], grid, mode="bilinear", align_corners=False)[0, 0]
+    moved_label = F.grid_sample(planes[1:], grid, mode="nearest", align_corners=False)[0, 0]
+    return moved_image.numpy(), moved_label.numpy().astype(label.dtype)
 
 
 def _weighted_choice(rng: np.random.Generator, items: list, weights: list[float]):

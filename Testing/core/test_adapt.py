@@ -1,0 +1,69 @@
+"""Test-time adaptation: a tuned copy, never the loaded model; repeatable with a seed; cancellable."""
+
+import numpy as np
+import pytest
+import torch
+
+from MVGCore.predict import Predictor
+from MVGCore.types import Cancelled, CancelToken, Prompt
+
+
+def _scene():
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0.0, 1.0, (6, 32, 32)).astype(np.float32)
+    label = np.zeros(volume.shape, np.uint8)
+    for k in range(6):
+        label[k, 8 + k : 20 + k, 10:22] = 1
+        volume[k][label[k] > 0] += 3.0
+    return volume, label, [Prompt.from_volume(volume, k, label[k]) for k in (1, 4)]
+
+
+def _weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_adaptation_tunes_a_copy_and_repeats_with_its_seed(checkpoint):
+    volume, _, prompts = _scene()
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    before = _weights(predictor.model)
+    plain = predictor.segment(volume, prompts)
+    first = predictor.segment(volume, prompts, adapt_steps=3, seed=5)
+    again = predictor.segment(volume, prompts, adapt_steps=3, seed=5)
+    other = predictor.segment(volume, prompts, adapt_steps=3, seed=6)
+    after = _weights(predictor.model)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not predictor.model.training  # the loaded model's mode is left as it was
+    assert np.array_equal(first, again)
+    assert np.array_equal(predictor.segment(volume, prompts), plain)  # adaptation left nothing behind
+    assert not (np.array_equal(first, plain) and np.array_equal(other, plain))  # it did train
+
+
+def test_adaptation_reports_progress_and_cancels(checkpoint):
+    volume, _, prompts = _scene()
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    before = _weights(predictor.model)
+    seen = []
+    predictor.segment(volume, prompts, adapt_steps=2, progress=lambda done, total: seen.append((done, total)))
+    assert {total for _, total in seen} == {8}  # 2 steps and 6 slices in one count
+    assert seen[-1] == (8, 8) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+    token = CancelToken()
+
+    def cancel_after_first_step(done, total):
+        if done == 1:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        predictor.segment(volume, prompts, adapt_steps=5, progress=cancel_after_first_step, cancel=token)
+    assert all(torch.equal(before[k], v) for k, v in predictor.model.state_dict().items())
+
+
+def test_adaptation_options_are_checked(checkpoint):
+    volume, _, prompts = _scene()
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    with pytest.raises(ValueError, match="adaptation steps must be a whole number"):
+        predictor.segment(volume, prompts, adapt_steps=-1)
+    with pytest.raises(ValueError, match="adaptation lr"):
+        predictor.segment(volume, prompts, adapt_steps=2, adapt_lr=5.0)
+    with pytest.raises(ValueError, match="applies to segment only"):
+        predictor.denoise(volume, adapt_steps=2)

@@ -1,0 +1,219 @@
+"""Segmentation as users run it: propagation training pairs, zoom to the prompts, colors by class
+order, the query classes a prompt cannot show, and the decoder's pixel path."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from MVGCore.config import config_for
+from MVGCore.data.samplers import InContextDataset
+from MVGCore.data.store import SliceStore, StoreWriter
+from MVGCore.model import MVGModel
+from MVGCore.predict import Predictor
+from MVGCore.training_batch import collate_canvases
+from MVGCore.types import Prompt
+from MVGCore.zoom import Region, prompt_region, region_around
+
+STORE, TILE, SIDE, SHIFT = 128, 64, 24, 4
+STILL = {"shift": 0.0, "rotate": 0.0, "scale": (1.0, 1.0), "near": (1, 3), "far_prob": 0.0}
+NO_AUGMENT = {"hflip_prob": 0.0, "vflip_prob": 0.0, "jitter_prob": 0.0}
+
+
+@pytest.fixture(scope="module")
+def shifted_store(tmp_path_factory) -> SliceStore:
+    """One case of 12 slices: a 24 px square of class 1 that moves 4 px down per slice."""
+    labels = np.zeros((12, STORE, STORE), np.uint8)
+    for s in range(12):
+        labels[s, 10 + SHIFT * s : 10 + SHIFT * s + SIDE, 20 : 20 + SIDE] = 1
+    images = (0.2 + 0.6 * labels.astype(np.float32))[:, None]
+    out = tmp_path_factory.mktemp("stores") / "shifted"
+    with StoreWriter(out, STORE, 0) as writer:
+        writer.add_case(
+            "c0", "D", ("MR",), ("segment",), images, tuple(range(12)), (True,) * 12, label=labels
+        )
+    return SliceStore(out)
+
+
+def _centre_and_side(label: np.ndarray) -> tuple[float, float]:
+    rows = np.flatnonzero(label.any(1))
+    return float(rows.mean()), float(rows.size)
+
+
+@pytest.mark.parametrize("zoom_prob", [0.0, 1.0])
+def test_propagation_pairs_keep_a_known_shift_through_the_shared_crop(shifted_store, zoom_prob):
+    """Prompt and query share one crop box: the square's displacement, measured in squares, is the
+    stored one (4 px per slice over a 24 px square) in a whole view and in a zoom; the slices lie
+    1-3 apart."""
+    config = {
+        "tasks": {"segment": 1.0},
+        "propagation": STILL,
+        "zoom_prob": zoom_prob,
+        "zoom_min_size": 8,
+        "augment": {**NO_AUGMENT, "crop_prob": 0.0},
+    }
+    dataset = InContextDataset(shifted_store, config, length=24, seed=0, tile_size=TILE)
+    for index in range(24):
+        sample = dataset[index]
+        (prompt_row, prompt_side), (query_row, query_side) = (
+            _centre_and_side(sample[f"{half}_target"]) for half in ("prompt", "query")
+        )
+        assert prompt_side == pytest.approx(query_side, abs=1)  # one scale for both halves
+        slices = (query_row - prompt_row) / query_side * SIDE / SHIFT
+        assert 1 <= abs(round(slices)) <= 3 and slices == pytest.approx(round(slices), abs=0.35), index
+
+
+def test_propagation_motion_moves_only_the_prompt_half_and_labels_follow(shifted_store):
+    config = {"tasks": {"segment": 1.0}, "augment": NO_AUGMENT, "propagation": {"shift": 3.0, "rotate": 10.0}}
+    dataset = InContextDataset(shifted_store, config, length=8, seed=1, tile_size=TILE)
+    for index in range(8):
+        sample = dataset[index]
+        for half in ("prompt", "query"):
+            image, label = sample[f"{half}_image"], sample[f"{half}_target"]
+            inside = image[ndimage.binary_erosion(label == 1, iterations=2)]
+            assert inside.size and np.allclose(inside, 0.8, atol=0.02)  # still on its bright square
+
+
+def test_sampler_refuses_a_tile_larger_than_the_store(shifted_store):
+    with pytest.raises(ValueError, match="tile size 256 must lie in"):
+        InContextDataset(shifted_store, {"tasks": {"segment": 1.0}}, tile_size=256)
+
+
+def test_query_classes_the_prompt_does_not_show_are_background():
+    prompt = np.zeros((TILE, TILE), np.int64)
+    prompt[2:8, 2:8] = 1
+    query = prompt.copy()
+    query[20:30, 20:30] = 5  # a structure the prompt gives no hint of
+    sample = {
+        "task": "segment",
+        "prompt_image": np.zeros((TILE, TILE), np.float32),
+        "query_image": np.zeros((TILE, TILE), np.float32),
+        "prompt_target": prompt,
+        "query_target": query,
+        "hole": np.zeros((TILE, TILE), bool),
+    }
+    batch = collate_canvases([sample], [np.random.default_rng(0)], (2 * TILE // 16, TILE // 16))
+    assert batch.classes == [[1]]
+    query_colors = batch.targets01[0, :, TILE:]
+    assert query_colors[:, 20:30, 20:30].abs().sum() == 0 and query_colors[:, 2:8, 2:8].sum() > 0
+
+
+# ------------------------------------------------------------------ zoom
+
+
+class CopyPromptLarge(MVGModel):
+    """A known model on 64 px tiles: the query answer is the prompt's target."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            config_for(
+                "tiny", tile_size=64, depth=1, embed_dim=16, num_heads=1, merge_index=0, feature_blocks=(0,)
+            )
+        )
+
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False):
+        top = targets[..., : targets.shape[-2] // 2, :]
+        return top if query_only else torch.cat([top, top], dim=-2)
+
+
+def _lesion_scene(shape=(9, 101, 77)):
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0.0, 50.0, shape).astype(np.float32)
+    label = np.zeros(shape, np.int16)
+    for k in range(shape[0]):
+        label[k, 40 + k : 52 + k, 30:41] = 3
+    return volume, label
+
+
+@pytest.mark.parametrize("flip", [(), (1,), (2,), (1, 2)])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (5.0, 0.7, 1.3)])
+def test_zoom_pastes_back_exactly_on_odd_anisotropic_and_flipped_grids(flip, spacing):
+    volume, label = _lesion_scene()
+    if flip:
+        volume, label = np.flip(volume, flip).copy(), np.flip(label, flip).copy()
+    prompts = [Prompt.from_volume(volume, k, label[k]) for k in (2, 6)]
+    predictor = Predictor(CopyPromptLarge(), device="cpu")
+    result = predictor.segment(volume, prompts, spacing=spacing)
+    assert result.shape == volume.shape and result.dtype == label.dtype
+    for k in range(volume.shape[0]):
+        nearest = 2 if k <= 4 else 6
+        assert np.array_equal(result[k], label[nearest]), k  # exact: the region is at most the tile
+    whole = predictor.segment(volume, prompts, spacing=spacing, zoom="whole")
+    assert whole.shape == volume.shape
+
+
+def test_zoom_region_is_square_in_physical_units_and_inside_the_plane():
+    region = region_around((40, 52, 30, 41), (101, 77), spacing=(0.7, 1.4), margin=0.25, min_size=8)
+    rows, cols = region.shape
+    assert rows * 0.7 == pytest.approx(cols * 1.4, abs=1.4)
+    edge = region_around((0, 5, 70, 77), (101, 77), margin=0.25, min_size=20)
+    assert edge.top == 0 and edge.right == 77 and edge.shape == (20, 20)
+    assert prompt_region([Prompt(np.zeros((5, 5)), np.zeros((5, 5), np.uint8), 0)], (5, 5)) is None
+    assert Region(0, 5, 0, 5).covers((5, 5))
+
+
+# ------------------------------------------------------------------ colors by class order
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    torch.manual_seed(0)
+    return MVGModel(
+        config_for(
+            "tiny",
+            tile_size=32,
+            depth=2,
+            embed_dim=48,
+            num_heads=2,
+            merge_index=0,
+            feature_blocks=(1,),
+            decoder_dim=8,
+        )
+    )
+
+
+def test_large_and_non_contiguous_label_ids_segment_like_one_to_n(random_model):
+    rng = np.random.default_rng(3)
+    volume = rng.normal(0, 1, (6, 32, 32)).astype(np.float32)
+    small = np.zeros((6, 32, 32), np.uint8)
+    small[:, 4:14, 4:14], small[:, 18:28, 16:30], small[:, 2:6, 20:30] = 1, 2, 3
+    ids = np.array([0, 40, 77, 201], np.uint8)  # past the 32 colors training draws, with gaps
+    prompts_small = [Prompt.from_volume(volume, k, small[k]) for k in (1, 4)]
+    prompts_large = [Prompt.from_volume(volume, k, ids[small[k]]) for k in (1, 4)]
+    predictor = Predictor(random_model, device="cpu")
+    answer_small = predictor.segment(volume, prompts_small, zoom="whole")
+    answer_large = predictor.segment(volume, prompts_large, zoom="whole")
+    assert np.array_equal(answer_large, ids[answer_small])
+
+
+# ------------------------------------------------------------------ the decoder's pixel path
+
+
+def test_pixel_skip_starts_as_the_model_without_it_and_loads_its_weights():
+    config = config_for(
+        "tiny",
+        tile_size=32,
+        depth=2,
+        embed_dim=48,
+        num_heads=2,
+        merge_index=0,
+        feature_blocks=(1,),
+        decoder_dim=8,
+    )
+    torch.manual_seed(0)
+    plain = MVGModel(config).eval()
+    skip = MVGModel(config.replace(pixel_skip=True)).eval()
+    missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["decoder_skip.bias", "decoder_skip.weight"] and not unexpected
+    images, targets = torch.randn(2, 3, 64, 32), torch.randn(2, 3, 64, 32)
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, 4:] = True
+    with torch.no_grad():
+        assert torch.equal(plain(images, targets, mask), skip(images, targets, mask))
+        assert torch.equal(
+            plain(images, targets, mask, query_only=True), skip(images, targets, mask, query_only=True)
+        )
+        torch.nn.init.normal_(skip.decoder_skip.weight)
+        full, query = skip(images, targets, mask), skip(images, targets, mask, query_only=True)
+        assert not torch.equal(full, plain(images, targets, mask))
+        torch.testing.assert_close(full[..., 32:, :], query)  # query-only decoding sees the same pixels
