@@ -431,9 +431,18 @@ BASELINES = {
 
 
 def build_methods(
-    predictor: Any, baselines: Sequence[str], k_prompts: int = 1, ensembles: Sequence[str] = ("average",)
+    predictor: Any,
+    baselines: Sequence[str],
+    k_prompts: int = 1,
+    ensembles: Sequence[str] = ("average",),
+    variants: Sequence[dict[str, Any]] = ({},),
 ) -> list[Method]:
-    """The model once per ensemble mode ("mvg" when there is one, else "mvg-<mode>") and the baselines."""
+    """The model once per ensemble mode and option variant, and the baselines.
+
+    The model is "mvg" when there is one of each, else "mvg-<mode>" and/or "mvg[key=value,...]"
+    (``variants`` are extra Predictor options, e.g. ``{"adapt_steps": 30}`` or ``{"zoom": "whole"}``,
+    to compare in one run).
+    """
     from .baselines import ClassicalBaseline
 
     for ensemble in ensembles:
@@ -443,16 +452,33 @@ def build_methods(
         raise ValueError("comparing ensembles needs k_prompts >= 2 (with one prompt they are identical)")
     methods = []
     if predictor is not None:
+        from .predict import Options
+
+        for variant in variants:
+            Options.parse(variant)  # unknown or invalid options fail here, before any case runs
         for ensemble in ensembles:
-            name = "mvg" if len(ensembles) == 1 else f"mvg-{ensemble}"
-            methods.append(
-                Method(name, predictor, {"k_prompts": k_prompts, "ensemble": ensemble}, model=True)
-            )
+            for variant in variants:
+                name = "mvg" if len(ensembles) == 1 else f"mvg-{ensemble}"
+                if len(variants) > 1 and variant:
+                    name += "[" + ",".join(f"{k}={v}" for k, v in sorted(variant.items())) + "]"
+                options = {"k_prompts": k_prompts, "ensemble": ensemble, **variant}
+                methods.append(Method(name, predictor, options, model=True))
     for name in baselines:
         if name not in BASELINES:
             raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
         methods.append(Method(name, ClassicalBaseline(**BASELINES[name])))
     return methods
+
+
+def _options_json(text: str) -> dict[str, Any]:
+    """A ``--model-options`` value: a JSON object of Predictor options."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object of Predictor options, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -480,6 +506,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--k-prompts", type=int, default=1, help="prompts the model sees per query slice")
     parser.add_argument(
         "--ensemble", nargs="+", default=["average"], choices=ENSEMBLES, help="give both to compare"
+    )
+    parser.add_argument(
+        "--model-options",
+        nargs="+",
+        type=_options_json,
+        default=[{}],
+        metavar="JSON",
+        help="extra Predictor options per model variant, e.g. '{}' '{\"adapt_steps\": 30}' to compare",
     )
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2))
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and holes")
@@ -520,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(
             args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, batch_size=args.batch_size
         )
-    methods = build_methods(predictor, args.baselines, args.k_prompts, args.ensemble)
+    methods = build_methods(predictor, args.baselines, args.k_prompts, args.ensemble, args.model_options)
     records = evaluate(cases, methods, args.out, settings)
     log.info("report written to %s", args.out)
     print(summary_table(records, [m.name for m in methods]))

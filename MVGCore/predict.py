@@ -921,6 +921,12 @@ def _check_paths(args: argparse.Namespace) -> None:
         check_path_encoding(path, flag)
     if args.hole is not None and args.task != "inpaint":
         raise ValueError(f"--hole is only used by --task inpaint, not by --task {args.task}; leave it out")
+    if args.adapt_steps and args.task != "segment":
+        raise ValueError(f"--adapt-steps is only used by --task segment, not by --task {args.task}")
+    if args.adapt_steps < 0:
+        raise ValueError(
+            f"--adapt-steps must be 0 (off) or a positive number of steps, got {args.adapt_steps}"
+        )
     checked: dict[str, Path] = {}
     for flag, path in outputs.items():
         for other_flag, other in {**inputs, **checked}.items():
@@ -1032,6 +1038,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--k-prompts", type=int, default=1, help="prompts per query slice (default 1)")
     parser.add_argument("--ensemble", choices=ENSEMBLES, default="average", help="how K prompts combine")
     parser.add_argument("--propagate", action="store_true", help="propagate outward from the prompt slices")
+    parser.add_argument(
+        "--zoom",
+        choices=ZOOMS,
+        default="prompts",
+        help="segment: run on the region around the prompt labels (default) or on whole slices",
+    )
+    parser.add_argument(
+        "--zoom-margin",
+        type=float,
+        default=ZOOM_MARGIN,
+        help=f"segment: margin of that region ({ZOOM_MARGIN})",
+    )
+    parser.add_argument(
+        "--adapt-steps",
+        type=int,
+        default=0,
+        help="segment: tune a copy of the model on the prompts for this many steps first (0 = off)",
+    )
     parser.add_argument("--disagreement", type=Path, help="also write the per-voxel disagreement map here")
     parser.add_argument("--seed", type=int, default=0, help="seed of self-made prompts (denoise/inpaint)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -1082,6 +1106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "return_disagreement": args.disagreement is not None,
         "seed": args.seed,
     }
+    if args.task == "segment":
+        options.update(zoom=args.zoom, zoom_margin=args.zoom_margin, adapt_steps=args.adapt_steps)
     run: Callable[..., Any]
     if args.task == "inpaint":
         run = lambda **kw: predictor.inpaint(image.array, hole, prompts, args.axis, **kw)  # noqa: E731

@@ -67,3 +67,23 @@ def test_adaptation_options_are_checked(checkpoint):
         predictor.segment(volume, prompts, adapt_steps=2, adapt_lr=5.0)
     with pytest.raises(ValueError, match="applies to segment only"):
         predictor.denoise(volume, adapt_steps=2)
+
+
+def test_cli_takes_adaptation_for_segment_only(checkpoint, tmp_path):
+    from MVGCore.predict import main
+
+    with pytest.raises(ValueError, match="--adapt-steps is only used by --task segment"):
+        args = ["--checkpoint", str(checkpoint), "--task", "denoise", "--adapt-steps", "3"]
+        main([*args, "--input", str(tmp_path / "x.nrrd"), "--output", str(tmp_path / "y.nrrd")])
+    assert not list(tmp_path.iterdir())
+
+
+def test_evaluate_compares_model_variants_by_name(checkpoint):
+    from MVGCore.evaluate import build_methods
+
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    methods = build_methods(predictor, [], variants=[{}, {"adapt_steps": 30}, {"zoom": "whole"}])
+    assert [m.name for m in methods] == ["mvg", "mvg[adapt_steps=30]", "mvg[zoom=whole]"]
+    assert methods[1].options["adapt_steps"] == 30 and methods[1].model
+    with pytest.raises(TypeError, match="unknown Predictor option"):
+        build_methods(predictor, [], variants=[{"adapt": 3}])
