@@ -101,6 +101,7 @@ class MVGSlicerParameterNode:
     promptAxis/promptIndices - the prompt slices: array axis (0=k, 1=j, 2=i) and slice indices.
     holeSegmentID - the segment of promptSegmentation that marks the region to inpaint.
     modelPath - a registry model name or a .safetensors file; empty means the bundled default.
+    adaptToScan - Segment: tune a copy of the model on the prompts first (pipeline.ADAPT_STEPS steps).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -112,6 +113,7 @@ class MVGSlicerParameterNode:
     promptIndices: list[int]
     modelPath: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    adaptToScan: bool = False
 
 
 class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -229,6 +231,7 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.promptSlicesWidget.visible = p.task in ("Segment", "Synthesize")
         self.ui.targetVolumeWidget.visible = p.task == "Synthesize"
         self.ui.holeSegmentWidget.visible = p.task == "Inpaint"
+        self.ui.adaptToScanCheckBox.visible = p.task == "Segment"
         self.ui.promptListWidget.clear()
         for index in p.promptIndices:
             self.ui.promptListWidget.addItem(f"{'kji'[p.promptAxis]} = {index}")
@@ -302,7 +305,7 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 job = self.logic.createJob(p)  # reads the scene here; the model process never sees MRML
                 self._run = self.logic.startRun(job, p.modelPath, p.device)
                 self._job = job
-                self.ui.progressBar.maximum = job.total_slices
+                self.ui.progressBar.maximum = job.total_steps
                 self.ui.progressBar.value = 0
                 self.ui.statusLabel.text = _("Starting the model...")
                 self.timer.start()
@@ -334,9 +337,12 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.maximum = run.total
             self.ui.progressBar.value = run.done
             if state == runner.RUNNING and not run.cancelling:
-                self.ui.statusLabel.text = _("{done} of {total} slices").format(
-                    done=run.done, total=run.total
-                )
+                stage, done, total = run.stage()
+                if stage == "adapt":
+                    text = _("Adapting the model to this scan: step {done} of {total}")
+                else:
+                    text = _("{done} of {total} slices")
+                self.ui.statusLabel.text = text.format(done=done, total=total)
         if state == runner.RUNNING:
             return
         self.timer.stop()
@@ -401,6 +407,7 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
 
         logic = slicer.util.getModuleLogic("MVGSlicer")
         seg = logic.segment(getNode("CT"), getNode("Prompts"), promptIndices=[40, 80], axis=0)
+        seg = logic.segment(getNode("CT"), getNode("Prompts"), adapt=True)  # "Adapt to this scan"
         den = logic.denoise(getNode("CT"))
         logic.processFile("Segment", "ct.nrrd", "ct_mvg.seg.nrrd", promptsPath="prompts.seg.nrrd")
 
@@ -490,7 +497,10 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         if p.inputVolume is None:
             raise ValueError(_("Select an input volume."))
         if p.task == "Segment":
-            return pipeline.segment_job(p.inputVolume, p.promptSegmentation, p.promptIndices, p.promptAxis)
+            steps = pipeline.ADAPT_STEPS if p.adaptToScan else 0  # the option shows for Segment only
+            return pipeline.segment_job(
+                p.inputVolume, p.promptSegmentation, p.promptIndices, p.promptAxis, adapt_steps=steps
+            )
         if p.task == "Denoise":
             return pipeline.denoise_job(p.inputVolume)
         if p.task == "Inpaint":
@@ -512,10 +522,20 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         segmentIDs=None,
         model="",
         device="auto",
+        adapt=False,
     ):
-        """New segmentation from labels painted on prompt slices (default: every painted slice)."""
+        """New segmentation from labels painted on prompt slices (default: every painted slice).
+
+        ``adapt=True`` first tunes a copy of the model on the prompt slices ("Adapt to this scan",
+        pipeline.ADAPT_STEPS steps); the model file and the cached model are not changed.
+        """
         return self.processor(model, device).segment(
-            volumeNode, segmentationNode, promptIndices, axis, segmentIDs
+            volumeNode,
+            segmentationNode,
+            promptIndices,
+            axis,
+            segmentIDs,
+            adapt_steps=pipeline.ADAPT_STEPS if adapt else 0,
         )
 
     def denoise(self, volumeNode, axis=0, model="", device="auto"):

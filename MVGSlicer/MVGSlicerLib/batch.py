@@ -47,13 +47,17 @@ class SceneProcessor:
         segment_ids: Sequence[str] | None = None,
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
+        adapt_steps: int = 0,
     ) -> Any:
         """New segmentation of ``volume_node`` from labels painted on prompt slices.
 
         ``prompt_indices`` default to every slice along ``axis`` holding a painted label;
-        ``segment_ids`` default to all segments of ``segmentation_node``, in order.
+        ``segment_ids`` default to all segments of ``segmentation_node``, in order;
+        ``adapt_steps`` > 0 tunes a copy of the model on the prompts first.
         """
-        job = pipeline.segment_job(volume_node, segmentation_node, prompt_indices, axis, segment_ids)
+        job = pipeline.segment_job(
+            volume_node, segmentation_node, prompt_indices, axis, segment_ids, adapt_steps
+        )
         return pipeline.run(self.scene, job, self.engine, progress, cancel)
 
     def denoise(self, volume_node: Any, axis: int = 0, progress=None, cancel=None) -> Any:

@@ -17,7 +17,8 @@ from MVGCore.types import CancelToken, ProgressFn, Prompt
 
 
 class Engine(Protocol):
-    """``options`` are the Predictor's keyword options; the module passes ``spacing`` ((k, j, i) mm)."""
+    """``options`` are the Predictor's keyword options; the module passes ``spacing`` ((k, j, i) mm)
+    and, to segment with "Adapt to this scan", ``adapt_steps``."""
 
     device: str
 

@@ -20,6 +20,12 @@ from . import mrml_io, prompts
 from .engine import Engine
 
 TASKS = ("Segment", "Denoise", "Inpaint", "Synthesize")
+ADAPT_STEPS = 30
+"""Steps of test-time adaptation behind "Adapt to this scan" (and ``adapt=True`` in the console).
+
+The measured default: the number of steps of :mod:`MVGCore.adapt` that paid on the bundled model
+(Dice gained against seconds spent, benchmarks/RESULTS.md). Change it there and here together.
+"""
 
 
 @dataclass
@@ -35,14 +41,25 @@ class Job:
     segmentation_node: Any = None  # where output segments take names, colors and terminology from
     segment_ids: list[str] = field(default_factory=list)
     spacing: tuple[float, float, float] | None = None  # (k, j, i) mm: slices are fitted by physical size
+    adapt_steps: int = 0  # Segment only: tune a copy of the model on the prompts first (0 = off)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        steps = self.adapt_steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"adapt_steps must be 0 (off) or a positive whole number, got {steps!r}")
+        if steps and self.task != "Segment":
+            raise ValueError(f"adapting the model to the scan applies to Segment only, not to {self.task}")
 
     @property
     def total_slices(self) -> int:
         return self.image.shape[self.axis]
+
+    @property
+    def total_steps(self) -> int:
+        """The model's progress count: the adaptation steps (they come first), then the slices."""
+        return self.adapt_steps + self.total_slices
 
     def compute(
         self, engine: Engine, progress: ProgressFn | None = None, cancel: CancelToken | None = None
@@ -51,6 +68,8 @@ class Job:
         kwargs = {"progress": progress, "cancel": cancel}
         if self.spacing is not None:
             kwargs["spacing"] = self.spacing
+        if self.adapt_steps:
+            kwargs["adapt_steps"] = self.adapt_steps
         if self.task == "Segment":
             result = engine.segment(self.image, self.prompts, self.axis, **kwargs)
         elif self.task == "Denoise":
@@ -95,8 +114,13 @@ def segment_job(
     prompt_indices: Sequence[int] | None = None,
     axis: int = 0,
     segment_ids: Sequence[str] | None = None,
+    adapt_steps: int = 0,
 ) -> Job:
-    """Segment the volume from labels painted on prompt slices (default: every painted slice)."""
+    """Segment the volume from labels painted on prompt slices (default: every painted slice).
+
+    ``adapt_steps`` > 0 first tunes a copy of the model on the prompts (:data:`ADAPT_STEPS` is
+    the module's "Adapt to this scan"); the model file is never changed.
+    """
     image = mrml_io.array_from_volume(volume_node)
     ids = list(segment_ids) if segment_ids is not None else prompt_segment_ids(segmentation_node)
     labels = mrml_io.segment_labels(segmentation_node, ids, volume_node)
@@ -112,6 +136,7 @@ def segment_job(
         segmentation_node=segmentation_node,
         segment_ids=ids,
         spacing=_spacing(volume_node),
+        adapt_steps=adapt_steps,
     )
 
 

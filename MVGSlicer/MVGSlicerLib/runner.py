@@ -118,7 +118,9 @@ class ModelRun:
 
     ``state`` is RUNNING until the child has exited, then DONE (``result`` holds the array,
     passed through ``finish``), FAILED (``error`` says why) or CANCELLED. ``log_lines`` keeps the
-    child's last output lines (not the protocol events) for the Python console.
+    child's last output lines (not the protocol events) for the Python console. ``done`` and
+    ``total`` count the child's progress steps: its ``adapt_steps`` adaptation steps first, then
+    the slices (:meth:`stage` tells them apart).
     """
 
     def __init__(
@@ -128,12 +130,14 @@ class ModelRun:
         output: str | Path,
         *,
         total: int = 0,
+        adapt_steps: int = 0,
         finish: Callable[[np.ndarray], np.ndarray] | None = None,
         env: dict[str, str] | None = None,
         grace_s: float = GRACE_S,
     ) -> None:
         self.folder, self.output = Path(folder), Path(output)
         self.state, self.done, self.total = RUNNING, 0, total
+        self.adapt_steps = adapt_steps
         self.device: str | None = None
         self.result: np.ndarray | None = None
         self.error: str | None = None
@@ -167,23 +171,24 @@ class ModelRun:
         *,
         python: str | None = None,
         device: str = "auto",
-        adapt_steps: int = 0,
         temp_root: str | Path | None = None,
         grace_s: float = GRACE_S,
     ) -> ModelRun:
-        """Write the job into a new private folder and start the model on it."""
+        """Write the job into a new private folder and start the model on it (adapted to the scan
+        first when ``job.adapt_steps`` asks for it)."""
         folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=temp_root))
         try:
             output = folder / RESULT_FILE
             input_args = write_inputs(job, geometry, folder)
             command = predict_command(
-                python or sys.executable, checkpoint, input_args, output, device, adapt_steps
+                python or sys.executable, checkpoint, input_args, output, device, job.adapt_steps
             )
             return cls(
                 command,
                 folder,
                 output,
-                total=job.total_slices,
+                total=job.total_steps,
+                adapt_steps=job.adapt_steps,
                 finish=job.finish,
                 env=child_environment(),
                 grace_s=grace_s,
@@ -195,6 +200,13 @@ class ModelRun:
     @property
     def pid(self) -> int:
         return self._process.pid
+
+    def stage(self) -> tuple[str, int, int]:
+        """What the child is at, for the status line: ("adapt", steps done, steps) while it tunes its
+        copy of the model (those steps come first in its progress count), then ("slices", done, total)."""
+        if self.done < self.adapt_steps:
+            return "adapt", self.done, self.adapt_steps
+        return "slices", self.done - self.adapt_steps, max(0, self.total - self.adapt_steps)
 
     @property
     def cancelling(self) -> bool:

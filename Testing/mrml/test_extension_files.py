@@ -58,6 +58,8 @@ def test_every_slicer_parameter_name_matches_a_field_of_a_compatible_type():
             assert widget_class == "qMRMLNodeComboBox" and node_types == [annotation], widget_name
         elif "Choice(" in annotation:
             assert widget_class == "QComboBox", widget_name  # the parameter wrapper fills the items
+        elif annotation == "bool":
+            assert widget_class == "QCheckBox", widget_name
         else:
             assert (annotation, widget_class) == ("str", "QLineEdit"), widget_name
 

@@ -186,3 +186,35 @@ def test_logic_without_model_explains_what_is_missing(mvgslicer, monkeypatch):
     monkeypatch.setattr(mvgslicer.install, "missing_requirements", lambda: [mvgslicer.install.TORCH])
     with pytest.raises(RuntimeError, match=r"missing Python packages: torch>=2\.4,<3"):
         logic.engine("", "cpu")
+
+
+def test_adapt_to_this_scan_from_the_parameter_node_and_the_console(mvgslicer, mrml):
+    received = []
+
+    class Recording(SimpleEngine):
+        def segment(self, image, prompts, axis=0, **options):
+            received.append(options.get("adapt_steps"))
+            return super().segment(image, prompts, axis, **options)
+
+    logic = mvgslicer.MVGSlicerLogic(engine=Recording())
+    image = np.random.default_rng(3).normal(size=(5, 7, 8)).astype(np.float32)
+    volume = mrml_io.add_volume_from_array(mrml.scene, image, np.eye(4), "ct")
+    prompts = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "prompts")
+    organ = prompts.GetSegmentation().AddEmptySegment("organ", "organ", [0.2, 0.9, 0.3])
+    painted = np.zeros(image.shape, bool)
+    painted[1, 2:5, 1:6] = True
+    mrml.paint(prompts, organ, painted, volume)
+    params = types.SimpleNamespace(
+        inputVolume=volume, promptSegmentation=prompts, promptIndices=[1], promptAxis=0, task="Segment"
+    )
+    steps = mvgslicer.pipeline.ADAPT_STEPS
+    assert steps > 0
+    for adapt, expected in ((True, steps), (False, 0)):
+        params.adaptToScan = adapt
+        assert logic.createJob(params).adapt_steps == expected
+    params.task, params.adaptToScan = "Denoise", True  # the checkbox is hidden there: it has no effect
+    assert logic.createJob(params).adapt_steps == 0
+
+    logic.segment(volume, prompts)
+    logic.segment(volume, prompts, adapt=True)
+    assert received == [None, steps]

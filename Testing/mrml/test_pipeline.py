@@ -288,3 +288,27 @@ def test_engine_gets_the_physical_spacing_in_array_order(mrml):
 
     pipeline.run(mrml.scene, pipeline.segment_job(volume, seg), Recording())
     assert received["spacing"] == pytest.approx((2.0, 0.9, 1.5))  # |k axis|, |j axis|, |i axis| in mm
+
+
+def test_adapt_to_the_scan_reaches_the_engine_for_segment_only(mrml):
+    volume, seg, _, _ = _scene_with_prompts(mrml, np.eye(4))
+    received = {}
+
+    class Recording(SimpleEngine):
+        def segment(self, image, prompts, axis=0, **options):
+            received.update(options)
+            return super().segment(image, prompts, axis, **options)
+
+    processor = batch.SceneProcessor(mrml.scene, Recording())
+    processor.segment(volume, seg)
+    assert "adapt_steps" not in received  # off unless asked
+    job = pipeline.segment_job(volume, seg, adapt_steps=7)
+    assert (job.adapt_steps, job.total_steps) == (7, 7 + SHAPE[0])
+    processor.segment(volume, seg, adapt_steps=7)
+    assert received["adapt_steps"] == 7
+    for task in ("Denoise", "Inpaint", "Synthesize"):
+        with pytest.raises(ValueError, match=f"applies to Segment only, not to {task}"):
+            pipeline.Job(task, volume, job.image, adapt_steps=3)
+    for steps in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="adapt_steps must be 0 \\(off\\) or a positive whole number"):
+            pipeline.segment_job(volume, seg, adapt_steps=steps)

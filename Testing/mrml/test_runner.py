@@ -83,6 +83,35 @@ def test_real_model_process_segments_with_progress_and_leaves_nothing(mrml, chec
     assert np.array_equal(mrml_io.segment_mask(out, job.segment_ids[0], job.volume_node)[1], painted[1])
 
 
+def test_adapt_to_the_scan_reaches_the_model_process_and_its_steps_come_first(mrml, checkpoint, tmp_path):
+    """With adapt_steps the child tunes its copy first: its progress counts those steps, then the
+    slices (the run above, without them, counts slices only: no --adapt-steps unless asked)."""
+    job, painted = _segment_job(mrml)
+    job = dataclasses.replace(job, adapt_steps=2)
+    geometry = mrml_io.geometry_from_volume(job.volume_node)
+    run = ModelRun.start(job, geometry, checkpoint, device="cpu", temp_root=tmp_path)
+    assert (run.total, run.stage()) == (8, ("adapt", 0, 2))
+    assert run.wait(timeout=180) == DONE, (run.error, run.log_lines)
+    assert (run.done, run.total) == (8, 8) and run.stage() == ("slices", 6, 6)
+    assert np.array_equal(run.result[[1, 4]] > 0, painted[[1, 4]])
+    assert not run.folder.exists()
+
+
+def test_stage_tells_adaptation_steps_from_slices(tmp_path):
+    run = _fake(tmp_path, "pass", total=9, adapt_steps=3)
+    run.wait(timeout=30)
+    for done, stage in (
+        (0, ("adapt", 0, 3)),
+        (2, ("adapt", 2, 3)),
+        (3, ("slices", 0, 6)),
+        (9, ("slices", 6, 6)),
+    ):
+        run.done = done
+        assert run.stage() == stage
+    run.adapt_steps = 0
+    assert run.stage() == ("slices", 9, 9)
+
+
 def test_predict_cli_prints_one_json_event_per_line(checkpoint, tmp_path, capsys):
     from MVGCore.io import write_volume
     from MVGCore.types import Volume
