@@ -288,7 +288,8 @@ def evaluate(
         raise ValueError("no case could pose any of the tasks asked for; nothing was evaluated")
     table = summary_table(records, names)
     _write_json(out / "summary.json", {"settings": asdict(settings), "summary": _summary(records, names)})
-    atomic_write(out / "summary.md", lambda temp: Path(temp).write_text(table + "\n"))
+    # UTF-8 whatever the locale: the table holds "±", and an ASCII locale must not lose the report.
+    atomic_write(out / "summary.md", lambda temp: Path(temp).write_text(table + "\n", encoding="utf-8"))
     return records
 
 

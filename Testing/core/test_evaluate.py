@@ -81,7 +81,8 @@ def test_cli_runs_model_and_baseline_on_the_same_trials(dataset, checkpoint, tmp
     argv += ["--baselines", "classical-affine", "--prompts", "2", "--k-prompts", "2"]
     assert main([*argv, "--ensemble", "average", "feature", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert printed.strip().endswith((out / "summary.md").read_text().strip())  # the table is printed last
+    table = (out / "summary.md").read_text(encoding="utf-8")  # UTF-8 whatever the locale ("±")
+    assert printed.strip().endswith(table.strip())  # the table is printed last
     methods = ["mvg-average", "mvg-feature", "classical-affine"]
     for task in ("segment", "denoise", "inpaint", "synthesize"):
         assert f"### {task}" in printed
