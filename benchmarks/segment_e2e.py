@@ -9,7 +9,8 @@ with the bundled default model when it exists. Phases:
 - io: reading the image and the prompt labels from NRRD files (written beforehand, untimed);
 - preprocessing: everything the Predictor does besides the model and decoding (intensity range,
   tiles, prompt coloring, canvases, host/device copies);
-- model: the forward passes (measured by hooks on the model; GPU work is waited for);
+- model: the forward passes (measured by hooks on the model; GPU work is waited for), including
+  those of test-time adaptation (``--adapt-steps``), whose backward passes count as preprocessing;
 - postprocessing: decoding colors to labels and resizing tiles back onto the slice grid;
 - writing: the label volume to a new NRRD file.
 A two-slice warm-up runs first (lazy imports, kernel set-up) and is reported apart. Without
@@ -117,9 +118,11 @@ def make_predictor(args: argparse.Namespace) -> tuple[Predictor, str]:
     return Predictor(model, device=args.device, batch_size=args.batch_size), f"random {args.preset}"
 
 
-def segment(predictor: Predictor, volume: np.ndarray, sparse: np.ndarray, picks, spacing) -> np.ndarray:
+def segment(
+    predictor: Predictor, volume: np.ndarray, sparse: np.ndarray, picks, spacing, adapt_steps: int = 0
+) -> np.ndarray:
     prompts = [Prompt.from_volume(volume, k, sparse[k], axis=0) for k in picks]
-    return predictor.segment(volume, prompts, axis=0, modality="CT", spacing=spacing)
+    return predictor.segment(volume, prompts, axis=0, modality="CT", spacing=spacing, adapt_steps=adapt_steps)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -156,7 +159,7 @@ def run(args: argparse.Namespace) -> dict:
                 seconds["io"] = time.perf_counter() - start
             clock.reset()
             start = time.perf_counter()
-            result = segment(predictor, volume, sparse, picks, spacing)
+            result = segment(predictor, volume, sparse, picks, spacing, args.adapt_steps)
             predicted = time.perf_counter() - start
             seconds["model"] = clock.model
             seconds["postprocessing"] = clock.postprocessing
@@ -178,7 +181,8 @@ def run(args: argparse.Namespace) -> dict:
     columns = ["repeat", *(f"{p}_s" for p in PHASES), "total_s", "outside_model_fraction"]
     title = (
         f"{'sample CT' if args.sample else 'synthetic CT'} {list(volume.shape)} (k, j, i), "
-        f"{len(picks)} prompts, {model_name} on {predictor.device}, batch {predictor.batch_size}; "
+        f"{len(picks)} prompts, {model_name} on {predictor.device}, batch {predictor.batch_size}, "
+        f"{args.adapt_steps} adaptation steps; "
         f"model load {load_s:.2f} s, warm-up {warmup_s:.2f} s"
     )
     print_table(runs, columns, title)
@@ -193,6 +197,7 @@ def run(args: argparse.Namespace) -> dict:
         "model": model_name,
         "tile_size": predictor.config.tile_size,
         "batch_size": predictor.batch_size,
+        "adapt_steps": args.adapt_steps,
         "io_measured": with_io,
         "load_model_s": load_s,
         "warmup_s": warmup_s,
@@ -209,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--batch-size", type=int, default=8, help="canvases per forward pass")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up")
+    parser.add_argument(
+        "--adapt-steps", type=int, default=0, help="test-time adaptation steps (counted in the model phase)"
+    )
     parser.add_argument("--no-io", action="store_true", help="keep the volume in memory")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser

@@ -92,15 +92,19 @@ SOURCES: dict[str, SourceInfo] = {
 }
 
 _SAMPLES: dict[str, tuple[_Sample, ...]] = {
-    "pyradiomics": tuple(
-        _Sample(name, modality, f"{name}_image.nrrd", label=f"{name}_label.nrrd")
-        for name, modality in (
-            ("lung1", "CT"),
-            ("lung2", "CT"),
-            ("brain1", "MR"),
-            ("brain2", "MR"),
-            ("breast1", "MR"),
-        )
+    "pyradiomics": (
+        *(
+            _Sample(name, modality, f"{name}_image.nrrd", label=f"{name}_label.nrrd")
+            for name, modality in (
+                ("lung1", "CT"),
+                ("lung2", "CT"),
+                ("brain1", "MR"),
+                ("brain2", "MR"),
+                ("breast1", "MR"),
+            )
+        ),
+        # Four structures on every slice of lung2's CT, made by thresholds (see ct_structures).
+        _Sample("lung2_structures", "CT", "lung2_image.nrrd", label="lung2_structures.nrrd"),
     ),
     "mricron": (
         _Sample("ch2_aal", "MR", "ch2.nii.gz", label="aal.nii.gz"),
@@ -314,9 +318,50 @@ def _convert_dicom(dicom_dir: Path, destination: Path) -> None:
 
 def _fetch_pyradiomics(work: Path, out: Path) -> None:
     archive = _pip_download("pyradiomics==3.0.1", work, sdist=True)
-    names = [p for s in _SAMPLES["pyradiomics"] for p in _sample_files(s)]
+    names = [p for s in _SAMPLES["pyradiomics"] for p in _sample_files(s) if p != "lung2_structures.nrrd"]
     members = {f"pyradiomics-3.0.1/data/{n}": n for n in names}
     _extract(archive, {**members, "pyradiomics-3.0.1/LICENSE.txt": "LICENSE.txt"}, out)
+    ct = read_volume(out / "lung2_image.nrrd")
+    write_volume(out / "lung2_structures.nrrd", Volume(ct_structures(ct.array), ct.geometry))
+
+
+CT_STRUCTURES = {1: "soft tissue", 2: "lung (lower column index)", 3: "lung (higher column index)", 4: "bone"}
+"""Labels of :func:`ct_structures`."""
+
+
+def ct_structures(ct: np.ndarray) -> np.ndarray:
+    """A uint8 map of :data:`CT_STRUCTURES` in a chest CT (HU, (k, j, i)), slice by slice by
+    thresholds: the body is the largest component above -500 HU with its holes filled; a lung is
+    one of its two largest air components (below -400 HU, opened, at least 2000 pixels, holes
+    filled), named by the side of the body's centre column it lies on; bone is above 250 HU."""
+    from scipy import ndimage
+
+    labels = np.zeros(ct.shape, np.uint8)
+    for k, plane in enumerate(ct):
+        body = _components(plane > -500, 1, 1)
+        if not body:
+            continue
+        body = ndimage.binary_fill_holes(body[0])
+        centre = np.flatnonzero(body.any(0)).mean()
+        labels[k][body] = 1
+        for lung in _components(ndimage.binary_opening(body & (plane < -400), iterations=2), 2, 2000):
+            labels[k][ndimage.binary_fill_holes(lung)] = (
+                2 if np.flatnonzero(lung.any(0)).mean() < centre else 3
+            )
+        labels[k][ndimage.binary_opening(body & (plane > 250))] = 4
+    return labels
+
+
+def _components(mask: np.ndarray, count: int, min_size: int) -> list[np.ndarray]:
+    """The ``count`` largest connected components of ``mask`` with at least ``min_size`` pixels."""
+    from scipy import ndimage
+
+    labelled, found = ndimage.label(mask)
+    if not found:
+        return []
+    sizes = ndimage.sum(mask, labelled, range(1, found + 1))
+    order = np.argsort(sizes)[::-1][:count]
+    return [labelled == o + 1 for o in order if sizes[o] >= min_size]
 
 
 def _fetch_mricron(work: Path, out: Path) -> None:
