@@ -134,10 +134,14 @@ class StoreWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tile_size, self.axis, self.info = tile_size, axis, dict(info or {})
         self._building = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
-        self._arrays = {
-            name: _NpyAppender(self._building / f"{name}.npy", dtype, tile_size)
-            for name, dtype in ARRAYS.items()
-        }
+        try:  # a failure (or SIGTERM) before the with-block is entered must not leave the folder
+            self._arrays = {
+                name: _NpyAppender(self._building / f"{name}.npy", dtype, tile_size)
+                for name, dtype in ARRAYS.items()
+            }
+        except BaseException:
+            shutil.rmtree(self._building, ignore_errors=True)
+            raise
         self.cases: list[StoredCase] = []
         self.dropped: list[dict[str, Any]] = []
 

@@ -208,8 +208,8 @@ def test_4_sigterm_during_write_volume_leaves_no_temporary_file(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True
     )
     status = _terminate_when(process, lambda: any(tmp_path.glob(".big_out.*.tmp.nii.gz")), "write_volume")
-    assert status == 143  # the SIGTERM status, reached through the cleanup
-    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["big_out.nii.gz"])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert status == 143 and left in ([], ["big_out.nii.gz"]), (status, left)  # 143: via the cleanup
 
 
 def test_4_sigterm_during_prepare_leaves_no_hidden_store_folder(tmp_path):
@@ -222,8 +222,8 @@ def test_4_sigterm_during_prepare_leaves_no_hidden_store_folder(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert _terminate_when(process, lambda: any(stores.iterdir()), "prepare") == 143
-    assert list(stores.iterdir()) == []
+    status = _terminate_when(process, lambda: any(stores.iterdir()), "prepare")
+    assert (status, list(stores.iterdir())) == (143, [])
 
 
 # ------------------------------------------------------------------ 5. file names SimpleITK cannot open
