@@ -1,7 +1,8 @@
 """Publish a trained run as the bundled default model: fp16 weights, model card, registry entry.
 
-    python scripts/make_model_card.py --stage RUN1 LOG1 "CMD1" [--stage RUN2 LOG2 "CMD2"] \
-        --eval EVAL_DIR --eval-command "..." --prepare-command "..." [--demo results.json]
+    python scripts/make_model_card.py [--previous-card OLD/model_card.json] --stage RUN LOG "CMD" \
+        [--stage ...] --eval EVAL_DIR "EVAL CMD" [--eval ...] --prepare-command "..." \
+        [--default-method "mvg"] [--demo results.json]
 
 Reads each training stage's run folder (config, split, summary, metrics; the last stage is the
 shipped model), its log (wall time) and an
@@ -55,8 +56,15 @@ def main() -> None:
         metavar=("RUN", "LOG", "COMMAND"),
         help="a training stage: run folder, its log, the command that ran it (in order; last = shipped)",
     )
-    parser.add_argument("--eval", type=Path, required=True, help="python -m MVGCore.evaluate report folder")
-    parser.add_argument("--eval-command", required=True, help="the evaluate command line, recorded verbatim")
+    parser.add_argument(
+        "--eval",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("FOLDER", "COMMAND"),
+        help="a python -m MVGCore.evaluate report folder and its command line, recorded verbatim "
+        "(repeatable, e.g. segmentation and image tasks with different model options)",
+    )
     parser.add_argument(
         "--prepare-command", required=True, help="the prepare command line, recorded verbatim"
     )
@@ -87,9 +95,12 @@ def main() -> None:
     summary = json.loads((final / "summary.json").read_text())
     split = json.loads((final / "split.json").read_text())
     config = yaml.safe_load((final / "config.yaml").read_text())
-    evaluation = json.loads((args.eval / "summary.json").read_text())
-    table = (args.eval / "summary.md").read_text().strip()
-    records = [json.loads(p.read_text()) for p in sorted((args.eval / "cases").glob("*.json"))]
+    reports = [(Path(folder), command) for folder, command in args.eval]
+    evaluations = [json.loads((folder / "summary.json").read_text()) for folder, _ in reports]
+    tables = [(folder / "summary.md").read_text().strip() for folder, _ in reports]
+    records = [
+        json.loads(p.read_text()) for folder, _ in reports for p in sorted((folder / "cases").glob("*.json"))
+    ]
     shared = shared_images(records, [stage["train_cases"] for stage in stages])
 
     model, _ = load_model(summary["checkpoint"])
@@ -112,10 +123,10 @@ def main() -> None:
             "stages": stages,
         },
         "evaluation": {
-            "command": args.eval_command,
+            "commands": [command for _, command in reports],
             "default_method": args.default_method,
-            "summary": evaluation["summary"],
-            "settings": evaluation["settings"],
+            "summary": {task: v for e in evaluations for task, v in e["summary"].items()},
+            "settings": [e["settings"] for e in evaluations],
             "per_case": {f"{r['dataset']}/{r['case']}/{r['task']}": r["methods"] for r in records},
             "cases_sharing_a_training_image": shared,
         },
@@ -174,9 +185,7 @@ def main() -> None:
         "",
         "## Measured quality (validation split)",
         "",
-        f"`{card['evaluation']['command']}`",
-        "",
-        table,
+        *(line for (_, command), table in zip(reports, tables) for line in (f"`{command}`", "", table, "")),
         "",
         "Segmentation: Dice on the non-prompt slices of each case; image tasks: PSNR in dB on [0, 1]",
         "scaled images (inpainting also inside the hole). The baselines are described in",
@@ -241,11 +250,19 @@ def stage_line(number: int, stage: dict) -> str:
         else ""
     )
     last_val = stage["validation_history"][-1] if stage["validation_history"] else {}
-    dice = last_val.get("dice/segment", float("nan"))
+    if "dice_volume" in last_val:
+        cases = ", ".join(
+            f"{k.split('/', 1)[1]} {v:.3f}" for k, v in last_val.items() if k.startswith("dice_volume/")
+        )
+        dice = (
+            f"Dice on the whole validation volumes at the last validation (step {last_val['step']}): {cases}"
+        )
+    else:
+        dice = f"last validation Dice during training {last_val.get('dice/segment', float('nan')):.3f}"
     return (
         f"{number}. `{stage['command']}`: {stage['steps']} steps of batch {stage['batch_size']} "
         f"({stage['samples_seen']:,} samples{stopped}), {stage['wall_time_s'] / 60:.0f} min, "
-        f"{stage['date']}; last validation Dice during training {dice:.3f}."
+        f"{stage['date']}; {dice}."
     )
 
 
