@@ -14,17 +14,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .data.sources import Case
 from .model import MVGModel
 
 log = logging.getLogger(__name__)
 
 
 def validate_volumes(
-    model: MVGModel, case_ids: Sequence[str], n_prompts: int = 2, **options: object
+    model: MVGModel, cases: Sequence[str | Case], n_prompts: int = 2, **options: object
 ) -> dict[str, float]:
-    """``dice_volume/<case>`` for each open-sample id (``source/name``) and their mean ``dice_volume``.
+    """``dice_volume/<case>`` for each case and their mean ``dice_volume``.
 
-    ``options`` go to ``Predictor.segment``. The model's train/eval mode is left as it was.
+    ``cases`` are open-sample ids (``source/name``, as a training config names them) or
+    :class:`~MVGCore.data.sources.Case` records. ``options`` go to ``Predictor.segment``. The
+    model's train/eval mode is left as it was.
     """
     from .data import open_samples
     from .evaluate import Method, Settings, make_trial, run_method, score
@@ -34,7 +37,9 @@ def validate_volumes(
     predictor = Predictor(model, device=str(next(model.parameters()).device))
     method = Method("mvg", predictor, dict(options), model=True)
     results: dict[str, float] = {}
-    for number, case in enumerate(open_samples.select(list(case_ids))):
+    ids = [c for c in cases if isinstance(c, str)]
+    named = iter(open_samples.select(ids) if ids else [])
+    for number, case in enumerate([next(named) if isinstance(c, str) else c for c in cases]):
         trial = make_trial(case, "segment", settings, number)
         if trial is None:
             log.warning("validation volume %s/%s cannot be segmented; skipped", case.dataset, case.case_id)

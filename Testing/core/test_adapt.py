@@ -87,3 +87,19 @@ def test_evaluate_compares_model_variants_by_name(checkpoint):
     assert methods[1].options["adapt_steps"] == 30 and methods[1].model
     with pytest.raises(TypeError, match="unknown Predictor option"):
         build_methods(predictor, [], variants=[{"adapt": 3}])
+
+
+def test_validation_on_whole_volumes_scores_like_evaluate_and_keeps_the_training_mode(checkpoint, tmp_path):
+    from MVGCore.checkpoint import load_model
+    from MVGCore.data.phantoms import write_nnunet_dataset
+    from MVGCore.data.sources import load_cases
+    from MVGCore.volume_validation import validate_volumes
+
+    cases = load_cases(write_nnunet_dataset(tmp_path, 2, (8, 32, 32), 2, seed=0, channels=1))
+    model, _ = load_model(checkpoint)
+    model.train()
+    result = validate_volumes(model, cases, n_prompts=2)
+    assert model.training
+    scores = [result[f"dice_volume/{c.case_id}"] for c in cases]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert result["dice_volume"] == pytest.approx(np.mean(scores))
