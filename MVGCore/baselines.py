@@ -1,10 +1,11 @@
 """Classical peers for every MVG task, behind the Predictor's exact interface.
 
 Each model number is reported next to what a standard non-learned method achieves on the same
-slices: label propagation by 2D registration (segmentation), non-local means or BM3D
-(denoising), biharmonic inpainting, and an intensity map learned from the prompt pairs
-(synthesis). Like the Predictor, every method works slice by slice along ``axis`` and returns the
-target of an indexed prompt slice unchanged.
+slices: label propagation by 2D registration, copying the nearest prompt's label, or Slicer's
+"Fill between slices" (segmentation); non-local means or BM3D (denoising); biharmonic
+inpainting; and an intensity map learned from the prompt pairs, or histogram matching to the
+prompt targets (synthesis). Like the Predictor, every method works slice by slice along ``axis``
+and returns the target of an indexed prompt slice unchanged.
 """
 
 from __future__ import annotations
@@ -15,30 +16,50 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import isotonic_regression
+from skimage.exposure import match_histograms
 from skimage.restoration import denoise_nl_means, estimate_sigma, inpaint_biharmonic
 
+from . import contour_interpolation
 from .intensity import normalize
-from .slicewise import kept_targets, label_dtype, map_slices, required_prompts, take_slice
+from .slicewise import (
+    SliceLoop,
+    check_axis,
+    kept_targets,
+    label_dtype,
+    map_slices,
+    plane_shape,
+    put_slice,
+    required_prompts,
+    take_slice,
+)
 from .types import CancelToken, ProgressFn, Prompt
 
+SEGMENTATIONS = ("register", "copy", "fill")
 REGISTRATIONS = ("demons", "bspline", "affine")
-MAPPINGS = ("histogram", "monotone")
+MAPPINGS = ("histogram", "monotone", "match")
 
 
 @dataclass(frozen=True)
 class ClassicalBaseline:
     """Settings of the classical methods; defaults keep a 256x256 slice well under a second.
 
+    segmentation: how labels reach the other slices: "register" (the nearest prompt's label warped
+        by 2D registration), "copy" (the nearest prompt's label as it is) or "fill" (Slicer's
+        "Fill between slices": ITK morphological contour interpolation between the indexed prompt
+        slices; slices outside the prompts' range stay empty, as in Slicer).
     registration: deformable stage after the affine one ("demons", "bspline") or "affine" alone.
     registration_iterations: iterations per stage (demons: total; affine/B-spline: per level).
     bspline_mesh: B-spline control grid size per dimension.
     nlm_strength: non-local means filter strength ``h`` as a multiple of the estimated noise sigma.
     use_bm3d: denoise with BM3D (the optional ``bm3d`` package) instead of non-local means.
     synthesis_mapping: "histogram" (quantile map prompt image -> prompt target, always
-        increasing) or "monotone" (isotonic least-squares fit of target on image, increasing or
-        decreasing, whichever fits the prompt pairs better).
+        increasing), "monotone" (isotonic least-squares fit of target on image, increasing or
+        decreasing, whichever fits the prompt pairs better) or "match" (each source slice's
+        histogram matched to the pooled prompt targets, skimage ``match_histograms``; needs no
+        paired pixels, but each slice gets its own map).
     """
 
+    segmentation: str = "register"
     registration: str = "demons"
     registration_iterations: int = 30
     bspline_mesh: int = 8
@@ -47,6 +68,8 @@ class ClassicalBaseline:
     synthesis_mapping: str = "histogram"
 
     def __post_init__(self) -> None:
+        if self.segmentation not in SEGMENTATIONS:
+            raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {self.segmentation!r}")
         if self.registration not in REGISTRATIONS:
             raise ValueError(f"registration must be one of {REGISTRATIONS}, got {self.registration!r}")
         if self.synthesis_mapping not in MAPPINGS:
@@ -57,6 +80,8 @@ class ClassicalBaseline:
             raise ValueError(f"nlm_strength must be > 0, got {self.nlm_strength}")
         if self.use_bm3d:
             _import_bm3d()
+        if self.segmentation == "fill":
+            contour_interpolation.check_available()
 
     def segment(
         self,
@@ -67,18 +92,27 @@ class ClassicalBaseline:
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
     ) -> np.ndarray:
-        """Label volume: each slice gets the label of the nearest prompt slice (by index; when no
-        prompt has an index, the first prompt), registered onto it and warped nearest-neighbour."""
+        """Label volume in the prompt labels' dtype (see ``segmentation``). "register" and "copy"
+        take, for each slice, the nearest prompt slice by index (ties: the first listed; when no
+        prompt has an index, the first prompt); "fill" needs indexed prompts."""
         image = _volume(image, "image")
         prompts = required_prompts(prompts, "segment")
         dtype = label_dtype(prompts)
         kept = kept_targets(prompts, image.shape, axis)
+        if self.segmentation == "fill":
+            return _fill_between(
+                image.shape, kept, axis, dtype, SliceLoop(image.shape[axis], progress, cancel)
+            )
         indexed = [p for p in prompts if p.index is not None]
+        if self.segmentation == "copy":
+            _check_copyable(prompts, plane_shape(image.shape, axis))
 
         def one(index: int, plane: np.ndarray) -> np.ndarray:
             if index in kept:
                 return kept[index]
             prompt = min(indexed, key=lambda p: abs(p.index - index)) if indexed else prompts[0]
+            if self.segmentation == "copy":
+                return np.asarray(prompt.target)
             return self._propagate(prompt, plane, index, dtype)
 
         return map_slices(one, image, axis, dtype=dtype, progress=progress, cancel=cancel)
@@ -143,18 +177,29 @@ class ClassicalBaseline:
         progress: ProgressFn | None = None,
         cancel: CancelToken | None = None,
     ) -> np.ndarray:
-        """One intensity map learned from all prompt pairs (pixels of prompt image -> prompt
-        target), applied to every source slice; the output is in the targets' units."""
+        """An intensity map to the prompt targets' units (see ``synthesis_mapping``): one map
+        learned from all prompt pairs (pixels of prompt image -> prompt target) applied to every
+        source slice, or each slice's histogram matched to the pooled prompt targets."""
         source = _volume(source, "source")
         prompts = required_prompts(prompts, "synthesize")
         kept = kept_targets(prompts, source.shape, axis)
-        images = np.concatenate([np.ravel(p.image) for p in prompts]).astype(np.float64)
         targets = np.concatenate([np.ravel(p.target) for p in prompts]).astype(np.float64)
-        fit = _quantile_map if self.synthesis_mapping == "histogram" else _isotonic_map
-        knots_x, knots_y = fit(images, targets)
+        if self.synthesis_mapping == "match":
+            reference = targets[None]  # match_histograms wants the image's number of dimensions
+
+            def mapped(plane: np.ndarray) -> np.ndarray:
+                return match_histograms(plane.astype(np.float64), reference)
+
+        else:
+            images = np.concatenate([np.ravel(p.image) for p in prompts]).astype(np.float64)
+            fit = _quantile_map if self.synthesis_mapping == "histogram" else _isotonic_map
+            knots_x, knots_y = fit(images, targets)
+
+            def mapped(plane: np.ndarray) -> np.ndarray:
+                return np.interp(plane, knots_x, knots_y)
 
         def one(index: int, plane: np.ndarray) -> np.ndarray:
-            return kept[index] if index in kept else np.interp(plane, knots_x, knots_y)
+            return kept[index] if index in kept else mapped(plane)
 
         return map_slices(one, source, axis, progress=progress, cancel=cancel)
 
@@ -235,6 +280,45 @@ def _centred_affine(fixed, moving):
     return sitk.CenteredTransformInitializer(
         fixed, moving, sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.GEOMETRY
     )
+
+
+def _check_copyable(prompts: Sequence[Prompt], plane: tuple[int, int]) -> None:
+    for number, prompt in enumerate(prompts):
+        if np.shape(prompt.target) != plane:
+            raise ValueError(
+                f"copying labels needs prompt labels of the query's slice shape {plane}; prompt {number} "
+                f"has shape {np.shape(prompt.target)} (use registration for prompts from another scan)"
+            )
+
+
+def _fill_between(
+    shape: tuple[int, ...], kept: dict[int, np.ndarray], axis: int, dtype: np.dtype, loop: SliceLoop
+) -> np.ndarray:
+    """Slicer's "Fill between slices": every label is interpolated by ITK morphological contour
+    interpolation between the prompt slices that show it; nothing is extrapolated, so slices
+    beyond the outermost prompts of a label stay background. The prompt slices are kept exactly."""
+    if not kept:
+        raise ValueError(
+            "fill between slices needs prompts that are slices of the volume itself (Prompt.index set)"
+        )
+    axis = check_axis(axis)
+    classes = np.unique(np.concatenate([np.unique(t) for t in kept.values()]))
+    classes = classes[classes != 0]
+    # ITK wraps the filter for 8/16-bit labels only: label ids become 1..n and back afterwards.
+    if len(classes) >= 2**16:
+        raise ValueError(f"fill between slices handles at most {2**16 - 1} labels, got {len(classes)}")
+    compact_dtype = np.uint8 if len(classes) < 2**8 else np.uint16
+    ordinal = np.zeros(shape, dtype=compact_dtype)
+    for index, target in kept.items():
+        compact = np.where(target != 0, np.searchsorted(classes, target) + 1, 0).astype(compact_dtype)
+        put_slice(ordinal, axis, index, compact)
+    loop.check()
+    compact = contour_interpolation.interpolate(ordinal, axis, check=loop.check)
+    out = np.concatenate([[0], classes]).astype(dtype)[compact]
+    for index, target in kept.items():
+        put_slice(out, axis, index, target)
+    loop.advance(loop.total)
+    return out
 
 
 def _import_bm3d():
