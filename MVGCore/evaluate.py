@@ -3,7 +3,14 @@
 For every case and task a *trial* is made once: the prompt slices (evenly spaced among the slices
 that can serve), the degraded input (noise / holes drawn from ``(seed, case number)``) and the
 reference. Every method then answers that same trial. Prompt slices are returned unchanged by
-every method, so they are left out of the scores. Writes, into a new folder:
+every method, so they are left out of the scores. A single 2D image (one slice along the axis)
+takes its prompts from other single images of its dataset that pose the same task, or from one
+half of itself and is scored on the other half (``--single-images``).
+
+Beside the model and the chosen ``--baselines``, the quick peers a user would try first always
+answer too (unless ``--no-peers``): copying the nearest prompt's label and Slicer's "Fill between
+slices" on segmentation volumes, histogram matching to the prompt targets on synthesis.
+Writes, into a new folder:
 
 - ``cases/<dataset>__<case>__<task>.json``: prompts, seed and each method's metrics and seconds;
 - ``figures/<dataset>__<case>__<task>.png``: prompt, query, each method's answer, truth;
@@ -38,7 +45,7 @@ from .figures import Panel, montage
 from .intensity import IntensityRange, intensity_range
 from .metrics import dice_per_class, hd95, psnr, ssim, summarize
 from .predict import ENSEMBLES, evenly_spaced
-from .slicewise import check_axis, put_slice, take_slice
+from .slicewise import check_axis, plane_shape, put_slice, take_slice
 from .types import TASKS, CancelToken, Prompt
 
 log = logging.getLogger(__name__)
@@ -52,6 +59,9 @@ METRICS = {
 """Dice: mean over foreground classes; HD95 in mm; PSNR/SSIM on [0, 1]-scaled images."""
 BLANK_CONTRAST = 0.01
 """Slices whose normalised values span less than this cannot serve as image-task prompts."""
+SINGLE_IMAGES = ("dataset", "tiles", "skip")
+"""Where a single 2D image's prompts come from: other images of its dataset, half of itself, or
+nowhere (the image is skipped)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class Settings:
     noise: str = "gaussian"
     noise_level: float = 0.05
     hole: str = "box"
+    single_images: str = "dataset"
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -78,19 +89,28 @@ class Settings:
             raise ValueError(f"noise must be one of {sorted(NOISE_MODELS)}, got {self.noise!r}")
         if self.hole not in HOLE_MODELS:
             raise ValueError(f"hole must be one of {HOLE_MODELS}, got {self.hole!r}")
+        if self.single_images not in SINGLE_IMAGES:
+            raise ValueError(f"single_images must be one of {SINGLE_IMAGES}, got {self.single_images!r}")
 
 
 @dataclass(frozen=True)
 class Method:
     """A named predictor (``Predictor`` or ``ClassicalBaseline``) and the options it is called with.
 
-    ``model`` methods also get each case's voxel spacing and modality as options.
+    ``model`` methods also get each case's voxel spacing and modality as options. A method
+    answers only its ``tasks``; one that ``needs_slices`` (its prompts must be slices of the
+    volume itself, e.g. copying or filling between them) does not answer single images.
     """
 
     name: str
     runner: Any
     options: dict[str, Any] = field(default_factory=dict)
     model: bool = False
+    tasks: tuple[str, ...] = TASKS
+    needs_slices: bool = False
+
+    def answers(self, trial: Trial) -> bool:
+        return trial.task in self.tasks and not (self.needs_slices and trial.single)
 
 
 @dataclass
@@ -99,6 +119,8 @@ class Trial:
 
     ``inputs`` are the arguments after the prompts' volume (hole mask for inpainting); ``scale``
     maps outputs to [0, 1] for image metrics; ``truth`` is labels or the [0, 1] reference.
+    ``scored`` (single images prompted by half of themselves) marks the voxels that are scored;
+    otherwise every slice that is not a prompt is.
     """
 
     case: Case
@@ -111,6 +133,9 @@ class Trial:
     scale: IntensityRange | None = None
     hole: np.ndarray | None = None
     target_modality: str | None = None
+    single: bool = False
+    scored: np.ndarray | None = None
+    prompt_source: str = "slices"
 
     @property
     def name(self) -> str:
@@ -118,58 +143,55 @@ class Trial:
 
     @property
     def prompt_slices(self) -> list[int]:
-        return [p.index for p in self.prompts]
+        return [p.index for p in self.prompts if p.index is not None]
 
 
 # ---------------------------------------------------------------- trials
 
 
-def make_trial(case: Case, task: str, settings: Settings, case_number: int) -> Trial | None:
-    """The trial of ``task`` on ``case``, or None when the case cannot pose it (logged)."""
+@dataclass
+class _Posed:
+    """A case posing a task: the method input, the reference and how image outputs are scaled.
+
+    ``targets`` holds what a prompt slice shows as its target (labels, clean or target image, in
+    the units methods answer in); ``candidates`` the slices that can serve as prompts.
+    """
+
+    volume: np.ndarray
+    truth: np.ndarray
+    targets: np.ndarray
+    candidates: list[int]
+    spacing_kji: tuple[float, float, float]
+    modality: str
+    scale: IntensityRange | None = None
+    hole: np.ndarray | None = None
+    target_modality: str | None = None
+
+
+def _pose(case: Case, task: str, settings: Settings, case_number: int) -> _Posed:
     from .io import read_volume
 
     axis = settings.axis
     image = read_volume(case.images[0])
     spacing = image.geometry.spacing_kji
     volume, modality = image.array, case.modalities[0]
-    if volume.shape[axis] < 2:
-        # Prompts are slices of the case itself, so a single image leaves nothing to score.
-        log.warning(
-            "%s: %s needs 2+ slices along axis %d (prompts come from the case itself); a single "
-            "image is skipped",
-            case.case_id,
-            task,
-            axis,
-        )
-        return None
     rng = np.random.default_rng([settings.seed, case_number])
     if task == "segment":
         label = read_volume(case.label).array
-        slices = _serving(label != 0, axis)
-        if len(slices) < 2:
-            log.warning("%s: segment needs 2+ labelled slices along axis %d; skipped", case.case_id, axis)
-            return None
-        chosen = _choose(slices, settings.n_prompts)
-        prompts = [Prompt.from_volume(volume, i, take_slice(label, axis, i), axis) for i in chosen]
-        return Trial(case, task, volume, prompts, label, spacing, modality)
+        return _Posed(volume, label, label, _serving(label != 0, axis), spacing, modality)
     if task == "synthesize":
         if len(case.images) > 1:
             target, target_modality = read_volume(case.images[1]).array, case.modalities[1]
         else:
             target, target_modality = read_volume(case.target).array, case.modalities[0]
         scale = intensity_range(target, target_modality)
-        chosen = _choose(_serving(_contrast(scale.normalize(target), axis), axis), settings.n_prompts)
-        prompts = [
-            Prompt.from_volume(volume, i, take_slice(target, axis, i).astype(np.float32), axis)
-            for i in chosen
-        ]
         truth = scale.normalize(target)
-        return Trial(
-            case, task, volume, prompts, truth, spacing, modality, scale, target_modality=target_modality
-        )
+        candidates = _serving(_contrast(truth, axis), axis)
+        targets = target.astype(np.float32)
+        return _Posed(volume, truth, targets, candidates, spacing, modality, scale, None, target_modality)
     scale = intensity_range(volume, modality)
     clean = scale.normalize(volume)
-    chosen = _choose(_serving(_contrast(clean, axis), axis), settings.n_prompts)
+    candidates = _serving(_contrast(clean, axis), axis)
     if task == "denoise":
         degraded = np.empty_like(clean)
         for index in range(volume.shape[axis]):
@@ -183,11 +205,98 @@ def make_trial(case: Case, task: str, settings: Settings, case_number: int) -> T
             plane_hole = make_hole(settings.hole, take_slice(clean, axis, index).shape, rng)
             put_slice(hole, axis, index, plane_hole)
         degraded[hole] = 0.0
-    degraded = scale.denormalize(degraded)
-    prompts = [
-        Prompt.from_volume(degraded, i, scale.denormalize(take_slice(clean, axis, i)), axis) for i in chosen
-    ]
-    return Trial(case, task, degraded, prompts, clean, spacing, modality, scale, hole)
+    targets = scale.denormalize(clean)
+    return _Posed(scale.denormalize(degraded), clean, targets, candidates, spacing, modality, scale, hole)
+
+
+def make_trial(
+    case: Case,
+    task: str,
+    settings: Settings,
+    case_number: int,
+    donors: Sequence[tuple[int, Case]] = (),
+) -> Trial | None:
+    """The trial of ``task`` on ``case``, or None when the case cannot pose it (logged).
+
+    ``donors`` (case number, case) are the other images of the case's dataset that pose ``task``;
+    a single image takes its prompts from those that are single images too, with
+    ``single_images="dataset"``.
+    """
+    axis = settings.axis
+    posed = _pose(case, task, settings, case_number)
+    if posed.volume.shape[axis] == 1:
+        return _single_trial(case, task, settings, posed, donors)
+    if len(posed.candidates) < (2 if task == "segment" else 1):
+        what = "2+ labelled slices" if task == "segment" else "a slice with contrast"
+        log.warning("%s: %s needs %s along axis %d; skipped", case.case_id, task, what, axis)
+        return None
+    chosen = evenly_spaced(posed.candidates, settings.n_prompts)
+    prompts = [Prompt.from_volume(posed.volume, i, take_slice(posed.targets, axis, i), axis) for i in chosen]
+    return _trial(case, task, posed, prompts)
+
+
+def _trial(case: Case, task: str, posed: _Posed, prompts: list[Prompt], **extra: Any) -> Trial:
+    return Trial(
+        case,
+        task,
+        posed.volume,
+        prompts,
+        posed.truth,
+        posed.spacing_kji,
+        posed.modality,
+        posed.scale,
+        posed.hole,
+        posed.target_modality,
+        **extra,
+    )
+
+
+def _single_trial(
+    case: Case, task: str, settings: Settings, posed: _Posed, donors: Sequence[tuple[int, Case]]
+) -> Trial | None:
+    """A one-slice case: prompts from other single images of the dataset, or from half of itself."""
+    axis, mode = settings.axis, settings.single_images
+    if mode == "skip" or not posed.candidates:
+        reason = "--single-images skip" if mode == "skip" else "it has no label or contrast to prompt with"
+        log.warning("%s: single image skipped for %s (%s)", case.case_id, task, reason)
+        return None
+    if mode == "dataset":
+        prompts = []
+        for number, donor in donors:
+            other = _pose(donor, task, settings, number)
+            if other.volume.shape[axis] == 1 and other.candidates:
+                prompts.append(Prompt(take_slice(other.volume, axis, 0), take_slice(other.targets, axis, 0)))
+            if len(prompts) == settings.n_prompts:
+                break
+        if not prompts:
+            log.warning(
+                "%s: no other single image of dataset %s poses %s to prompt with; skipped "
+                "(--single-images tiles prompts with half of the image)",
+                case.case_id,
+                case.dataset,
+                task,
+            )
+            return None
+        return _trial(case, task, posed, prompts, single=True, prompt_source="dataset")
+    plane = plane_shape(posed.volume.shape, axis)
+    along = int(np.argmax(plane))  # halve the longer side
+    half = plane[along] // 2
+    if half < 8:
+        log.warning("%s: single image %s too small to halve for %s; skipped", case.case_id, plane, task)
+        return None
+    key: list = [slice(None), slice(None)]
+    key[along] = slice(0, half)
+    prompt_half = np.zeros(plane, dtype=bool)
+    prompt_half[tuple(key)] = True
+    image = take_slice(posed.volume, axis, 0)[tuple(key)]
+    target = take_slice(posed.targets, axis, 0)[tuple(key)]
+    if task == "segment" and not np.any(target):
+        log.warning("%s: the prompt half of the single image has no label; skipped", case.case_id)
+        return None
+    scored = np.ones(posed.volume.shape, dtype=bool)
+    put_slice(scored, axis, 0, ~prompt_half)
+    prompts = [Prompt(image, target)]
+    return _trial(case, task, posed, prompts, single=True, scored=scored, prompt_source="tiles")
 
 
 def _contrast(normalised: np.ndarray, axis: int) -> np.ndarray:
@@ -202,12 +311,6 @@ def _contrast(normalised: np.ndarray, axis: int) -> np.ndarray:
 def _serving(mask: np.ndarray, axis: int) -> list[int]:
     other = tuple(a for a in range(3) if a != axis)
     return np.flatnonzero(np.any(mask, axis=other)).tolist()
-
-
-def _choose(candidates: list[int], count: int) -> list[int]:
-    if not candidates:
-        raise ValueError("no slice can serve as a prompt (all blank or unlabelled)")
-    return evenly_spaced(candidates, count)
 
 
 # ---------------------------------------------------------------- running and scoring
@@ -227,20 +330,26 @@ def run_method(method: Method, trial: Trial, axis: int, cancel: CancelToken | No
 
 
 def score(trial: Trial, output: np.ndarray, axis: int) -> dict[str, float]:
-    """Metrics of ``output`` on the slices that were not prompts (those are returned as given)."""
+    """Metrics of ``output`` on the slices that were not prompts (those are returned as given), or
+    on the ``scored`` voxels of a single image prompted by half of itself."""
     keep = [i for i in range(trial.volume.shape[axis]) if i not in trial.prompt_slices]
     truth = np.take(trial.truth, keep, axis=axis)
+    region = None if trial.scored is None else np.take(trial.scored, keep, axis=axis)
     if trial.task == "segment":
         pred = np.take(output, keep, axis=axis)
+        if region is not None:
+            pred, truth = np.where(region, pred, 0), np.where(region, truth, 0)
         dice = [v for v in dice_per_class(pred, truth).values() if math.isfinite(v)]
         return {
             "dice": float(np.mean(dice)) if dice else float("nan"),
             "hd95": hd95(pred, truth, trial.spacing_kji),
         }
     pred = trial.scale.normalize(np.take(output, keep, axis=axis))
-    scores = {"psnr": psnr(pred, truth), "ssim": ssim(pred, truth)}  # SSIM over k slices, as metrics defines
+    # SSIM over k slices, as metrics defines
+    scores = {"psnr": psnr(pred, truth, mask=region), "ssim": ssim(pred, truth, mask=region)}
     if trial.task == "inpaint":
         hole = np.take(trial.hole, keep, axis=axis)
+        hole = hole if region is None else hole & region
         scores.update(psnr_hole=psnr(pred, truth, mask=hole), ssim_hole=ssim(pred, truth, mask=hole))
     return scores
 
@@ -268,11 +377,11 @@ def evaluate(
     records = []
     for number, case in enumerate(cases):
         for task in (t for t in settings.tasks if t in case.tasks):
-            trial = make_trial(case, task, settings, number)
+            trial = make_trial(case, task, settings, number, _donors(cases, number, task))
             if trial is None:
                 continue
             outputs, record = {}, _record(trial, settings)
-            for method in methods:
+            for method in (m for m in methods if m.answers(trial)):
                 start = time.perf_counter()
                 outputs[method.name] = run_method(method, trial, settings.axis, cancel)
                 seconds = time.perf_counter() - start
@@ -307,6 +416,16 @@ def _check_prompt_count(cases: Sequence[Case], settings: Settings) -> None:
             )
 
 
+def _donors(cases: Sequence[Case], number: int, task: str) -> list[tuple[int, Case]]:
+    """The other cases of case ``number``'s dataset that pose ``task``, nearest in order first
+    (a single image takes its prompts from those that are single images too)."""
+    case = cases[number]
+    others = [
+        (n, c) for n, c in enumerate(cases) if n != number and c.dataset == case.dataset and task in c.tasks
+    ]
+    return sorted(others, key=lambda item: abs(item[0] - number))
+
+
 def _record(trial: Trial, settings: Settings) -> dict[str, Any]:
     return {
         "case": trial.case.case_id,
@@ -315,6 +434,7 @@ def _record(trial: Trial, settings: Settings) -> dict[str, Any]:
         "axis": settings.axis,
         "seed": settings.seed,
         "prompt_slices": trial.prompt_slices,
+        "prompt_source": trial.prompt_source,
         "methods": {},
     }
 
@@ -327,7 +447,7 @@ def _one_line(record: dict[str, Any]) -> str:
 
 
 def _summary(records: list[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{task: {method: {metric: Summary as dict}}} over the cases of each task."""
+    """{task: {method: {metric: Summary as dict}}} over the cases of each task a method answered."""
     result: dict[str, dict[str, dict[str, Any]]] = {}
     for task in TASKS:
         rows = [r for r in records if r["task"] == task]
@@ -335,10 +455,11 @@ def _summary(records: list[dict[str, Any]], names: Sequence[str]) -> dict[str, d
             continue
         result[task] = {
             name: {
-                metric: asdict(summarize(r["methods"][name][metric] for r in rows))
+                metric: asdict(summarize(r["methods"][name][metric] for r in rows if name in r["methods"]))
                 for metric in (*METRICS[task], "seconds")
             }
             for name in names
+            if any(name in r["methods"] for r in rows)
         }
     return result
 
@@ -396,7 +517,7 @@ def _panels(trial: Trial, outputs: dict[str, np.ndarray], axis: int) -> list[Pan
         query = max(scored, key=lambda i: int(np.count_nonzero(take_slice(trial.hole, axis, i))))
     else:
         query = scored[len(scored) // 2]
-    prompt = min(trial.prompts, key=lambda p: abs(p.index - query))
+    prompt = min(trial.prompts, key=lambda p: 0 if p.index is None else abs(p.index - query))
     display = _display_range(trial)
     query_image = display.normalize(take_slice(trial.volume, axis, query))
     if trial.task == "segment":
@@ -424,11 +545,18 @@ def _display_range(trial: Trial) -> IntensityRange:
 # ---------------------------------------------------------------- CLI
 
 BASELINES = {
-    "classical": {},
-    "classical-affine": {"registration": "affine"},
-    "classical-bm3d": {"use_bm3d": True},
+    "classical": ({}, TASKS),
+    "classical-affine": ({"registration": "affine"}, TASKS),
+    "classical-bm3d": ({"use_bm3d": True}, TASKS),
+    "copy-nearest": ({"segmentation": "copy"}, ("segment",)),
+    "fill-between": ({"segmentation": "fill"}, ("segment",)),
+    "histogram-match": ({"synthesis_mapping": "match"}, ("synthesize",)),
 }
-"""Baseline names for ``--baselines`` -> ``ClassicalBaseline`` settings."""
+"""Baseline names for ``--baselines`` -> (``ClassicalBaseline`` settings, the tasks it answers)."""
+PEERS = ("copy-nearest", "fill-between", "histogram-match")
+"""Baselines a user tries first; they answer beside any model unless ``peers=False``."""
+NEEDS_SLICES = ("copy-nearest", "fill-between")
+"""Baselines whose prompts must be slices of the volume itself (they skip single images)."""
 
 
 def build_methods(
@@ -437,8 +565,11 @@ def build_methods(
     k_prompts: int = 1,
     ensembles: Sequence[str] = ("average",),
     variants: Sequence[dict[str, Any]] = ({},),
+    peers: bool = True,
 ) -> list[Method]:
-    """The model once per ensemble mode and option variant, and the baselines.
+    """The model once per ensemble mode and option variant, the baselines and, with ``peers``,
+    the ``PEERS`` not listed (a peer whose package is missing is left out with a warning; a
+    listed baseline raises).
 
     The model is "mvg" when there is one of each, else "mvg-<mode>" and/or "mvg[key=value,...]"
     (``variants`` are extra Predictor options, e.g. ``{"adapt_steps": 30}`` or ``{"zoom": "whole"}``,
@@ -467,7 +598,16 @@ def build_methods(
     for name in baselines:
         if name not in BASELINES:
             raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
-        methods.append(Method(name, ClassicalBaseline(**BASELINES[name])))
+    for name in [*baselines, *(p for p in PEERS if peers and p not in baselines)]:
+        settings, tasks = BASELINES[name]
+        try:
+            runner = ClassicalBaseline(**settings)
+        except ValueError as error:
+            if name in baselines:
+                raise
+            log.warning("peer %s left out: %s", name, error)
+            continue
+        methods.append(Method(name, runner, tasks=tasks, needs_slices=name in NEEDS_SLICES))
     return methods
 
 
@@ -523,6 +663,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--noise-level", type=float, default=0.05, help="level of --noise (see MVGCore.degrade)"
     )
     parser.add_argument("--hole", default="box", choices=HOLE_MODELS)
+    parser.add_argument(
+        "--single-images",
+        default="dataset",
+        choices=SINGLE_IMAGES,
+        help="prompts of a single 2D image: other images of its dataset (default), half of itself, or none",
+    )
+    parser.add_argument(
+        "--no-peers", action="store_true", help=f"leave out the quick peers {', '.join(PEERS)}"
+    )
     parser.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -543,6 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         noise=args.noise,
         noise_level=args.noise_level,
         hole=args.hole,
+        single_images=args.single_images,
     )
     cases = [case for path in args.data for case in load_cases(path)]
     if args.open_samples:
@@ -555,7 +705,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(
             args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, batch_size=args.batch_size
         )
-    methods = build_methods(predictor, args.baselines, args.k_prompts, args.ensemble, args.model_options)
+    methods = build_methods(
+        predictor, args.baselines, args.k_prompts, args.ensemble, args.model_options, peers=not args.no_peers
+    )
     records = evaluate(cases, methods, args.out, settings)
     log.info("report written to %s", args.out)
     print(summary_table(records, [m.name for m in methods]))

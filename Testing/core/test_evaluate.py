@@ -83,9 +83,11 @@ def test_cli_runs_model_and_baseline_on_the_same_trials(dataset, checkpoint, tmp
     printed = capsys.readouterr().out
     table = (out / "summary.md").read_text(encoding="utf-8")  # UTF-8 whatever the locale ("±")
     assert printed.strip().endswith(table.strip())  # the table is printed last
-    methods = ["mvg-average", "mvg-feature", "classical-affine"]
+    common = ["mvg-average", "mvg-feature", "classical-affine"]
+    peers = {"segment": ["copy-nearest", "fill-between"], "synthesize": ["histogram-match"]}
     for task in ("segment", "denoise", "inpaint", "synthesize"):
         assert f"### {task}" in printed
+        methods = common + peers.get(task, [])  # the quick peers answer only their task
         for number in range(2):
             name = f"Phantom__phantom_{number:03d}__{task}"
             record = json.loads((out / "cases" / f"{name}.json").read_text())
@@ -96,6 +98,9 @@ def test_cli_runs_model_and_baseline_on_the_same_trials(dataset, checkpoint, tmp
     summary = json.loads((out / "summary.json").read_text())
     assert summary["summary"]["segment"]["classical-affine"]["dice"]["n"] == 2
     assert 0.0 <= summary["summary"]["segment"]["classical-affine"]["dice"]["mean"] <= 1.0
+    filled = summary["summary"]["segment"]["fill-between"]["dice"]
+    assert filled["n"] + filled["n_nan"] == 2  # phantom 1 is labelled on its 2 prompt slices only
+    assert "histogram-match" not in summary["summary"]["denoise"]
     with pytest.raises(FileExistsError, match="not empty"):
         main(argv)
 
@@ -138,14 +143,71 @@ def test_montage_draws_labels_in_the_palette(tmp_path):
         Panel("bad", image, labels[:10])
 
 
-def test_single_images_are_skipped_with_a_reason(tmp_path, caplog):
+def _single_images(tmp_path, count: int, dataset: str = "xray") -> list:
+    """``count`` one-slice radiographs of different sizes with a labelled bright band each."""
     from MVGCore.data.sources import Case
     from MVGCore.io import write_volume
     from MVGCore.types import Volume
 
-    path = write_volume(
-        tmp_path / "xray.nrrd", Volume(np.random.default_rng(0).random((1, 32, 32)).astype(np.float32))
-    )
-    case = Case("xray", "XR", images=(path,), modalities=("XR",), tasks=("denoise",))
+    rng = np.random.default_rng(0)
+    cases = []
+    for number in range(count):
+        shape = (1, 40 + 4 * number, 48)
+        image = rng.random(shape).astype(np.float32) * 0.2
+        label = np.zeros(shape, dtype=np.uint8)
+        label[0, 10:30, 5 + number : 40] = 1
+        image[label > 0] += 0.7
+        paths = [
+            write_volume(tmp_path / f"{dataset}{number}{suffix}.nrrd", Volume(array))
+            for suffix, array in (("", image), ("_label", label))
+        ]
+        tasks = ("segment", "denoise", "inpaint")
+        cases.append(Case(f"{dataset}{number}", dataset, (paths[0],), ("XR",), label=paths[1], tasks=tasks))
+    return cases
+
+
+def test_single_images_take_prompts_from_other_images_of_their_dataset(tmp_path, checkpoint):
+    cases = _single_images(tmp_path, 3)
+    trial = make_trial(cases[1], "denoise", Settings(n_prompts=2), 1, [(0, cases[0]), (2, cases[2])])
+    assert trial.single and trial.prompt_source == "dataset" and trial.prompt_slices == []
+    assert [p.image.shape for p in trial.prompts] == [(40, 48), (48, 48)]  # the other images, as they are
+    again = make_trial(cases[0], "denoise", Settings(n_prompts=2), 0, [(1, cases[1])])
+    assert np.array_equal(again.prompts[0].image, trial.volume[0])  # a donor is posed as it is as a query
+    methods = build_methods(Predictor.from_checkpoint(checkpoint, device="cpu"), ["classical-affine"])
+    records = evaluate(cases, methods, tmp_path / "r", Settings(tasks=("segment", "denoise", "inpaint")))
+    assert len(records) == 9  # every image, every task: none skipped
+    for record in records:
+        assert record["prompt_source"] == "dataset"
+        expected = {"mvg", "classical-affine"}  # copying / filling between slices need slices of a volume
+        assert set(record["methods"]) == expected
+        for values in record["methods"].values():
+            assert all(np.isfinite(v) for k, v in values.items() if k not in ("hd95", "psnr_hole"))
+    dice = [r["methods"]["classical-affine"]["dice"] for r in records if r["task"] == "segment"]
+    assert min(dice) > 0.5  # the band registers between images: the scores are real
+    table = summary_table(records, [m.name for m in methods])
+    assert "copy-nearest" not in table and "| mvg |" in table
+
+
+def test_single_images_prompted_by_half_of_themselves_are_scored_on_the_other_half(tmp_path):
+    (case,) = _single_images(tmp_path, 1)
+    trial = make_trial(case, "segment", Settings(single_images="tiles"), 0)
+    assert trial.prompt_source == "tiles" and trial.prompts[0].image.shape == (40, 24)
+    assert trial.scored[0, :, :24].sum() == 0 and trial.scored[0, :, 24:].all()
+    perfect_left_only = trial.truth.copy()
+    perfect_left_only[0, :, 24:] = 0  # right only on the prompt half, which is not scored
+    assert score(trial, trial.truth, 0)["dice"] == 1.0
+    assert score(trial, perfect_left_only, 0)["dice"] == 0.0
+    denoise = make_trial(case, "denoise", Settings(single_images="tiles"), 0)
+    answer = denoise.scale.denormalize(denoise.truth)
+    answer[0, :, :24] = 0.0  # wrong on the prompt half only, which is not scored
+    assert score(denoise, answer, 0)["psnr"] > 100 and score(denoise, denoise.volume, 0)["psnr"] < 40
+
+
+def test_single_images_without_donors_or_asked_to_skip_are_skipped_with_a_reason(tmp_path, caplog):
+    (case,) = _single_images(tmp_path, 1)
     assert make_trial(case, "denoise", Settings(), 0) is None
-    assert "a single image is skipped" in caplog.text
+    assert "no other single image of dataset xray" in caplog.text
+    assert make_trial(case, "denoise", Settings(single_images="skip"), 0) is None
+    assert "--single-images skip" in caplog.text
+    with pytest.raises(ValueError, match="single_images must be one of"):
+        Settings(single_images="crops")
