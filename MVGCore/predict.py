@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import cli, zoom
+from . import cli, tiling, zoom
 from .adapt import DEFAULT_LR as ADAPT_LR
 from .adapt import AdaptSettings, adapt
 from .canvas import (
@@ -68,6 +68,7 @@ FLOAT32 = np.dtype(np.float32)
 
 ENSEMBLES = ("average", "feature")
 ZOOMS = ("prompts", "whole")
+IMAGE_SCALES = ("native", "fit")
 PROGRESS_FORMATS = ("log", "json")
 CT_AIR_THRESHOLD = -500.0
 """``modality="auto"`` calls a volume CT when it holds values at or below this (air in HU)."""
@@ -101,6 +102,10 @@ class Options:
     target_modality, target_window: normalisation of synthesis targets (as modality / window).
     zoom: segmentation only: "prompts" runs the model on the in-plane region around the prompt
         labels (plus ``zoom_margin`` x the box's longer side on each side); "whole" on whole slices.
+    image_scale: image tasks: "native" cuts every slice into overlapping tiles at 1:1 pixels
+        (``tile_overlap`` pixels of overlap, a quarter tile by default, blended; slices smaller
+        than a tile are padded, not enlarged), prompts tiled the same way (:mod:`MVGCore.tiling`);
+        "fit" shrinks or enlarges each whole slice into one tile.
     adapt_steps: segmentation only: tune a copy of the model for this many steps on pairs made of
         the prompts before predicting (:mod:`MVGCore.adapt`; seeded by ``seed``, learning rate
         ``adapt_lr``); 0 = off. The Predictor's own model is never changed.
@@ -121,9 +126,21 @@ class Options:
     zoom_margin: float = ZOOM_MARGIN
     adapt_steps: int = 0
     adapt_lr: float = ADAPT_LR
+    image_scale: str = "native"
+    tile_overlap: int | None = None
 
     def __post_init__(self) -> None:
         AdaptSettings(self.adapt_steps, self.adapt_lr)  # checks both
+        if self.image_scale not in IMAGE_SCALES:
+            raise ValueError(f"option image_scale must be one of {IMAGE_SCALES}, got {self.image_scale!r}")
+        if self.tile_overlap is not None and (
+            isinstance(self.tile_overlap, bool)
+            or not isinstance(self.tile_overlap, (int, np.integer))
+            or self.tile_overlap < 0
+        ):
+            raise ValueError(
+                f"option tile_overlap must be a whole number of pixels >= 0, got {self.tile_overlap!r}"
+            )
         if self.zoom not in ZOOMS:
             raise ValueError(f"option zoom must be one of {ZOOMS}, got {self.zoom!r}")
         if (
@@ -369,16 +386,20 @@ class Predictor:
         volume, axis = _check_volume(image, "image"), check_axis(axis)
         in_range = self._input_range(volume, opts)
         spacing = _plane_spacing(opts.spacing, axis)
-        fit = plan_fit(plane_shape(volume.shape, axis), self.config.tile_size, spacing)
-        if prompts:
-            kept = kept_targets(prompts, volume.shape, axis)
-            examples = [
-                self._image_example(n, p, in_range, None, opts, spacing) for n, p in enumerate(prompts)
-            ]
-        else:
-            kept, examples = {}, self._noise_examples(volume, axis, in_range, fit, spacing, opts)
-        job = _Job(volume, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range)
-        return self._run(job, progress, cancel)
+        ranges = [self._prompt_range(p, in_range, opts) for p in prompts or ()]
+
+        def job(part: np.ndarray, part_prompts: Sequence[Prompt], _: np.ndarray | None) -> _Job:
+            fit = plan_fit(plane_shape(part.shape, axis), self.config.tile_size, spacing)
+            if part_prompts:
+                kept = kept_targets(part_prompts, part.shape, axis)
+                examples = [
+                    self._image_example(n, p, ranges[n], None, spacing) for n, p in enumerate(part_prompts)
+                ]
+            else:
+                kept, examples = {}, self._noise_examples(part, axis, in_range, fit, spacing, opts)
+            return _Job(part, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range)
+
+        return self._image_run(volume, axis, prompts or [], None, in_range, opts, job, progress, cancel)
 
     def inpaint(
         self,
@@ -407,17 +428,23 @@ class Predictor:
         hole = hole.astype(bool, copy=False)
         in_range = self._input_range(volume, opts)
         spacing = _plane_spacing(opts.spacing, axis)
-        fit = plan_fit(plane_shape(volume.shape, axis), self.config.tile_size, spacing)
-        if prompts:
-            kept = kept_targets(prompts, volume.shape, axis)
-            examples = [
-                self._image_example(n, p, in_range, None, opts, spacing, hole, axis)
-                for n, p in enumerate(prompts)
-            ]
-        else:
-            kept, examples = {}, self._hole_examples(volume, hole, axis, in_range, spacing, opts)
-        job = _Job(volume, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range, hole=hole)
-        return self._run(job, progress, cancel)
+        ranges = [self._prompt_range(p, in_range, opts) for p in prompts or ()]
+
+        def job(part: np.ndarray, part_prompts: Sequence[Prompt], part_hole: np.ndarray | None) -> _Job:
+            fit = plan_fit(plane_shape(part.shape, axis), self.config.tile_size, spacing)
+            if part_prompts:
+                kept = kept_targets(part_prompts, part.shape, axis)
+                examples = [
+                    self._image_example(n, p, ranges[n], None, spacing, part_hole, axis)
+                    for n, p in enumerate(part_prompts)
+                ]
+            else:
+                kept, examples = {}, self._hole_examples(part, part_hole, axis, in_range, spacing, opts)
+            return _Job(
+                part, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range, hole=part_hole
+            )
+
+        return self._image_run(volume, axis, prompts or [], hole, in_range, opts, job, progress, cancel)
 
     def synthesize(
         self,
@@ -445,13 +472,72 @@ class Predictor:
             _sample(pooled), _auto_modality(pooled, opts.target_modality), opts.target_window
         )
         spacing = _plane_spacing(opts.spacing, axis)
-        kept = kept_targets(prompts, volume.shape, axis)
-        examples = [
-            self._image_example(n, p, in_range, out_range, opts, spacing) for n, p in enumerate(prompts)
+        ranges = [self._prompt_range(p, in_range, opts) for p in prompts]
+
+        def job(part: np.ndarray, part_prompts: Sequence[Prompt], _: np.ndarray | None) -> _Job:
+            kept = kept_targets(part_prompts, part.shape, axis)
+            examples = [
+                self._image_example(n, p, ranges[n], out_range, spacing) for n, p in enumerate(part_prompts)
+            ]
+            fit = plan_fit(plane_shape(part.shape, axis), self.config.tile_size, spacing)
+            return _Job(part, axis, opts, in_range, examples, kept, fit, spacing, out_range=out_range)
+
+        return self._image_run(volume, axis, prompts, None, in_range, opts, job, progress, cancel)
+
+    def _image_run(
+        self,
+        volume: np.ndarray,
+        axis: int,
+        prompts: Sequence[Prompt],
+        hole: np.ndarray | None,
+        in_range: IntensityRange,
+        opts: Options,
+        make_job: Callable[[np.ndarray, Sequence[Prompt], np.ndarray | None], _Job],
+        progress: ProgressFn | None,
+        cancel: CancelToken | None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """An image task on whole slices fitted to the tile ("fit"), or on 1:1 tiles ("native").
+
+        Natively, every tile position is one run over a tile-sized view of all slices (padded
+        with the normalisation's low end, which becomes 0), prompts cut at the same position (or,
+        for another image's prompt, its tile nearest by relative position); the answers are
+        blended back (:mod:`MVGCore.tiling`), so tiles that agree return exactly their values.
+        """
+        if opts.image_scale == "fit":
+            return self._run(make_job(volume, prompts, hole), progress, cancel)
+        size = self.config.tile_size
+        overlap = size // 4 if opts.tile_overlap is None else min(opts.tile_overlap, size - 1)
+        plan = tiling.plan_tiles(plane_shape(volume.shape, axis), size, overlap)
+        padded = _pad_planes(volume, axis, plan, in_range.low)
+        padded_hole = None if hole is None else _pad_planes(hole, axis, plan, False)
+        prompt_plans = [
+            plan if p.index is not None else tiling.plan_tiles(p.image.shape, size, plan.overlap)
+            for p in prompts
         ]
-        fit = plan_fit(plane_shape(volume.shape, axis), self.config.tile_size, spacing)
-        job = _Job(volume, axis, opts, in_range, examples, kept, fit, spacing, out_range=out_range)
-        return self._run(job, progress, cancel)
+        matches = [tiling.match_tiles(plan, pp) for pp in prompt_plans]
+        parts: list[list[np.ndarray]] = []
+        for n, (row, col) in enumerate(plan.boxes):
+            part_prompts = [
+                _tile_prompt(p, pp, match[n][0]) for p, pp, match in zip(prompts, prompt_plans, matches)
+            ]
+            part_hole = None if padded_hole is None else _box_view(padded_hole, axis, row, col, size)
+            tile_progress = None
+            if progress is not None:
+                tile_progress = lambda done, total, n=n: progress(n * total + done, len(plan) * total)  # noqa: E731
+            answer = self._run(
+                make_job(_box_view(padded, axis, row, col, size), part_prompts, part_hole),
+                tile_progress,
+                cancel,
+            )
+            parts.append(list(answer) if isinstance(answer, tuple) else [answer])
+        results = []
+        for which in range(len(parts[0])):
+            out = np.empty(volume.shape, dtype=parts[0][which].dtype)
+            for index in range(volume.shape[axis]):
+                tiles = np.stack([take_slice(part[which], axis, index) for part in parts])
+                put_slice(out, axis, index, tiling.blend(tiles, plan).astype(out.dtype))
+            results.append(out)
+        return tuple(results) if len(results) > 1 else results[0]
 
     # ---------------------------------------------------------------- prompts
 
@@ -488,17 +574,17 @@ class Predictor:
         self,
         number: int,
         prompt: Prompt,
-        in_range: IntensityRange,
+        image_range: IntensityRange,
         target_range: IntensityRange | None,
-        opts: Options,
         spacing: tuple[float, float],
         hole: np.ndarray | None = None,
         axis: int = 0,
     ) -> _Example:
-        """An (input, output) image pair; an indexed inpainting prompt gets its slice's hole zeroed."""
+        """An (input, output) image pair, the input scaled by ``image_range`` (the prompt's own, from
+        :meth:`_prompt_range`, so a tile of it is scaled as the whole); an indexed inpainting
+        prompt gets its slice's hole zeroed."""
         _check_finite(prompt.image, f"prompt {number} image")
         _check_finite(prompt.target, f"prompt {number} target")
-        image_range = self._prompt_range(prompt, in_range, opts)
         image = image_range.normalize(prompt.image)
         if hole is not None and prompt.index is not None:
             image[take_slice(hole, axis, prompt.index)] = 0.0
@@ -759,6 +845,29 @@ class Predictor:
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def _box_view(volume: np.ndarray, axis: int, row: int, col: int, size: int) -> np.ndarray:
+    """The in-plane ``size`` x ``size`` box at (row, col) of every slice along ``axis`` (a view)."""
+    return zoom.crop_volume(volume, axis, zoom.Region(row, row + size, col, col + size))
+
+
+def _pad_planes(volume: np.ndarray, axis: int, plan: tiling.TilePlan, value: Any) -> np.ndarray:
+    """``volume`` with every plane placed in ``plan``'s padded canvas (``value`` around it)."""
+    if plan.padded == plan.shape:
+        return volume
+    widths = [(0, 0)] * 3
+    other = [a for a in range(3) if a != axis]
+    for a, offset, extent, total in zip(other, plan.offset, plan.shape, plan.padded):
+        widths[a] = (offset, total - extent - offset)
+    return np.pad(volume, widths, constant_values=value)
+
+
+def _tile_prompt(prompt: Prompt, plan: tiling.TilePlan, number: int) -> Prompt:
+    """Tile ``number`` of a prompt's image and target under ``plan``, padded with each one's minimum."""
+    image = tiling.extract(prompt.image, plan, fill=float(np.min(prompt.image)))[number]
+    target = tiling.extract(prompt.target, plan, fill=np.min(prompt.target))[number]
+    return Prompt(image, target, prompt.index)
 
 
 def _resolve_device(device: str) -> str:
@@ -1051,6 +1160,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"segment: margin of that region ({ZOOM_MARGIN})",
     )
     parser.add_argument(
+        "--image-scale",
+        choices=IMAGE_SCALES,
+        default="native",
+        help="denoise/inpaint/synthesize: 1:1 overlapping tiles (default) or each slice fitted into one tile",
+    )
+    parser.add_argument(
         "--adapt-steps",
         type=int,
         default=0,
@@ -1108,6 +1223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.task == "segment":
         options.update(zoom=args.zoom, zoom_margin=args.zoom_margin, adapt_steps=args.adapt_steps)
+    else:
+        options.update(image_scale=args.image_scale)
     run: Callable[..., Any]
     if args.task == "inpaint":
         run = lambda **kw: predictor.inpaint(image.array, hole, prompts, args.axis, **kw)  # noqa: E731

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .data.sources import Case
 from .model import MVGModel
+
+if TYPE_CHECKING:  # training imports this module on machines without SimpleITK (a GPU image)
+    from .data.sources import Case
 
 log = logging.getLogger(__name__)
 
