@@ -152,3 +152,16 @@ def test_gpu_script_runs_every_stage_in_smoke_mode(tmp_path):
     assert stages["predict_memory"]["rows"][0]["task"] == "segment"
     with pytest.raises(ValueError, match="needs a CUDA device"):
         gpu_all.main(["--device", "cpu", "--out", str(tmp_path)])
+
+
+def test_denoise_volume_times_native_and_fitted_runs(tmp_path, checkpoint):
+    from benchmarks import denoise_volume
+
+    out = tmp_path / "denoise.json"
+    assert (
+        denoise_volume.main(["--shape", "3", "40", "70", "--checkpoint", str(checkpoint), "--json", str(out)])
+        == 0
+    )
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["image_scale"] for r in runs] == ["native", "fit"]
+    assert all(r["seconds"] > 0 and r["max_rss_mb"] > 0 for r in runs)
