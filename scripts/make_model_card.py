@@ -249,13 +249,18 @@ def stage_line(number: int, stage: dict) -> str:
         if stage["stopped_early"]
         else ""
     )
-    last_val = stage["validation_history"][-1] if stage["validation_history"] else {}
+    history = stage["validation_history"]
+    last_val = history[-1] if history else {}
     if "dice_volume" in last_val:
-        cases = ", ".join(
-            f"{k.split('/', 1)[1]} {v:.3f}" for k, v in last_val.items() if k.startswith("dice_volume/")
-        )
+
+        def cases(record: dict) -> str:
+            return ", ".join(
+                f"{k.split('/', 1)[1]} {v:.3f}" for k, v in record.items() if k.startswith("dice_volume/")
+            )
+
         dice = (
-            f"Dice on the whole validation volumes at the last validation (step {last_val['step']}): {cases}"
+            f"Dice on the whole validation volumes (2 prompt slices) at step {history[0]['step']}, the "
+            f"weights it started from: {cases(history[0])}; at step {last_val['step']}: {cases(last_val)}"
         )
     else:
         dice = f"last validation Dice during training {last_val.get('dice/segment', float('nan')):.3f}"
