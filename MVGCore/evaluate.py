@@ -350,7 +350,11 @@ def score(trial: Trial, output: np.ndarray, axis: int) -> dict[str, float]:
     if trial.task == "inpaint":
         hole = np.take(trial.hole, keep, axis=axis)
         hole = hole if region is None else hole & region
-        scores.update(psnr_hole=psnr(pred, truth, mask=hole), ssim_hole=ssim(pred, truth, mask=hole))
+        if hole.any():
+            scores.update(psnr_hole=psnr(pred, truth, mask=hole), ssim_hole=ssim(pred, truth, mask=hole))
+        else:  # the hole fell where nothing is scored (e.g. the prompt half of a single image)
+            log.warning("%s: no hole voxel in the scored region; hole metrics are NaN", trial.name)
+            scores.update(psnr_hole=float("nan"), ssim_hole=float("nan"))
     return scores
 
 

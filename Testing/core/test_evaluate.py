@@ -201,6 +201,10 @@ def test_single_images_prompted_by_half_of_themselves_are_scored_on_the_other_ha
     answer = denoise.scale.denormalize(denoise.truth)
     answer[0, :, :24] = 0.0  # wrong on the prompt half only, which is not scored
     assert score(denoise, answer, 0)["psnr"] > 100 and score(denoise, denoise.volume, 0)["psnr"] < 40
+    inpaint = make_trial(case, "inpaint", Settings(single_images="tiles"), 0)
+    inpaint.hole[0, :, 24:] = False  # the whole hole on the prompt half: nothing to score inside it
+    scores = score(inpaint, inpaint.volume, 0)
+    assert np.isnan(scores["psnr_hole"]) and np.isfinite(scores["psnr"])
 
 
 def test_single_images_without_donors_or_asked_to_skip_are_skipped_with_a_reason(tmp_path, caplog):
