@@ -210,15 +210,8 @@ def main() -> None:
         "",
         f"- Tiles are {card['tile_size']} px. Segmentation zooms onto the prompts' region"
         ' (`zoom="prompts"`), so a structure that leaves that region between prompt slices is cut off.',
-        *(
-            [
-                f"- {len(stages)} training stages were run; the last was shipped because it scored higher",
-                "  than the earlier one on these validation cases (model-only run of the command",
-                "  above), which makes the table slightly optimistic.",
-            ]
-            if len(stages) > 1
-            else []
-        ),
+        f"- The shipped weights are the last checkpoint of stage {len(stages)} (none was picked by its"
+        " validation score); each stage started from the previous one's weights.",
     ]
     (MODELS / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {weights}, model_card.json, MODEL_CARD.md and the Models.json entry")
