@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from MVGCore.checkpoint import load_model
 from MVGCore.config import config_for
 from MVGCore.data.samplers import InContextDataset
 from MVGCore.data.store import SliceStore, StoreWriter
@@ -155,24 +156,7 @@ def test_zoom_region_is_square_in_physical_units_and_inside_the_plane():
 # ------------------------------------------------------------------ colors by class order
 
 
-@pytest.fixture(scope="module")
-def random_model():
-    torch.manual_seed(0)
-    return MVGModel(
-        config_for(
-            "tiny",
-            tile_size=32,
-            depth=2,
-            embed_dim=48,
-            num_heads=2,
-            merge_index=0,
-            feature_blocks=(1,),
-            decoder_dim=8,
-        )
-    )
-
-
-def test_large_and_non_contiguous_label_ids_segment_like_one_to_n(random_model):
+def test_large_and_non_contiguous_label_ids_segment_like_one_to_n(checkpoint):
     rng = np.random.default_rng(3)
     volume = rng.normal(0, 1, (6, 32, 32)).astype(np.float32)
     small = np.zeros((6, 32, 32), np.uint8)
@@ -180,7 +164,7 @@ def test_large_and_non_contiguous_label_ids_segment_like_one_to_n(random_model):
     ids = np.array([0, 40, 77, 201], np.uint8)  # past the 32 colors training draws, with gaps
     prompts_small = [Prompt.from_volume(volume, k, small[k]) for k in (1, 4)]
     prompts_large = [Prompt.from_volume(volume, k, ids[small[k]]) for k in (1, 4)]
-    predictor = Predictor(random_model, device="cpu")
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")  # the suite's small random model
     answer_small = predictor.segment(volume, prompts_small, zoom="whole")
     answer_large = predictor.segment(volume, prompts_large, zoom="whole")
     assert np.array_equal(answer_large, ids[answer_small])
@@ -189,17 +173,8 @@ def test_large_and_non_contiguous_label_ids_segment_like_one_to_n(random_model):
 # ------------------------------------------------------------------ the decoder's pixel path
 
 
-def test_pixel_skip_starts_as_the_model_without_it_and_loads_its_weights():
-    config = config_for(
-        "tiny",
-        tile_size=32,
-        depth=2,
-        embed_dim=48,
-        num_heads=2,
-        merge_index=0,
-        feature_blocks=(1,),
-        decoder_dim=8,
-    )
+def test_pixel_skip_starts_as_the_model_without_it_and_loads_its_weights(checkpoint):
+    config = load_model(checkpoint)[0].config
     torch.manual_seed(0)
     plain = MVGModel(config).eval()
     skip = MVGModel(config.replace(pixel_skip=True)).eval()
