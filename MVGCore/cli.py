@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from .termination import sigterm_raises
 
@@ -81,3 +82,13 @@ def attach_dash_values(argv: Sequence[str], options: Sequence[str]) -> list[str]
             joined.append(item)
             index += 1
     return joined
+
+
+def check_output_folder(path: Path, what: str) -> None:
+    """Refuse, before any work, an output whose folder is missing or not writable (``what``
+    names the output in the message, e.g. ``--output out.nrrd``)."""
+    folder = Path(os.path.abspath(path)).parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what}: folder {folder} is not writable")

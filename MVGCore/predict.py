@@ -1044,11 +1044,7 @@ def _check_paths(args: argparse.Namespace) -> None:
                 raise ValueError(f"{flag} {path} is the {what} file ({other_flag}); choose a new file")
         if not path.name.lower().endswith(WRITE_SUFFIXES):
             raise ValueError(f"{flag} {path}: the name must end with one of {', '.join(WRITE_SUFFIXES)}")
-        folder = Path(os.path.abspath(path)).parent
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{flag} {path}: folder {folder} does not exist")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise PermissionError(f"{flag} {path}: folder {folder} is not writable")
+        cli.check_output_folder(path, f"{flag} {path}")
         if path.is_dir():
             raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
         if path.exists() and not args.overwrite:

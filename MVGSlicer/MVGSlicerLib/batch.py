@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from MVGCore.cli import check_output_folder
 from MVGCore.types import CancelToken, ProgressFn
 
 from . import pipeline
@@ -142,11 +143,7 @@ def check_output(path: str | Path, kind: str) -> Path:
         )
     if path.exists():
         raise FileExistsError(f"output file exists already, not overwriting it: {path}")
-    folder = Path(os.path.abspath(path)).parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"output {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"output {path}: folder {folder} is not writable")
+    check_output_folder(path, f"output {path}")
     return path
 
 
