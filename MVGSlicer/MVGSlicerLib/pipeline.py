@@ -20,11 +20,13 @@ from . import mrml_io, prompts
 from .engine import Engine
 
 TASKS = ("Segment", "Denoise", "Inpaint", "Synthesize")
-ADAPT_STEPS = 30
+ADAPT_STEPS = 20
 """Steps of test-time adaptation behind "Adapt to this scan" (and ``adapt=True`` in the console).
 
-The measured default: the number of steps of :mod:`MVGCore.adapt` that paid on the bundled model
-(Dice gained against seconds spent, benchmarks/RESULTS.md). Change it there and here together.
+The option is off by default because adaptation did not pay for the bundled model: 20 steps
+gave a mean Dice of 0.213 against 0.221 without on its validation volumes (Resources/Models/
+MODEL_CARD.md, ``mvg[adapt_steps=20]``; 16.5 s on the sample on 2 CPU cores, benchmarks/RESULTS.md).
+20 is the count that was measured; it may pay on other scans or a stronger model.
 """
 
 
