@@ -515,10 +515,12 @@ class Predictor:
             for p in prompts
         ]
         matches = [tiling.match_tiles(plan, pp) for pp in prompt_plans]
+        prompt_tiles = [_prompt_tiles(p, pp) for p, pp in zip(prompts, prompt_plans)]
         parts: list[list[np.ndarray]] = []
         for n, (row, col) in enumerate(plan.boxes):
             part_prompts = [
-                _tile_prompt(p, pp, match[n][0]) for p, pp, match in zip(prompts, prompt_plans, matches)
+                Prompt(images[match[n][0]], targets[match[n][0]], p.index)
+                for p, (images, targets), match in zip(prompts, prompt_tiles, matches)
             ]
             part_hole = None if padded_hole is None else _box_view(padded_hole, axis, row, col, size)
             tile_progress = None
@@ -863,11 +865,12 @@ def _pad_planes(volume: np.ndarray, axis: int, plan: tiling.TilePlan, value: Any
     return np.pad(volume, widths, constant_values=value)
 
 
-def _tile_prompt(prompt: Prompt, plan: tiling.TilePlan, number: int) -> Prompt:
-    """Tile ``number`` of a prompt's image and target under ``plan``, padded with each one's minimum."""
-    image = tiling.extract(prompt.image, plan, fill=float(np.min(prompt.image)))[number]
-    target = tiling.extract(prompt.target, plan, fill=np.min(prompt.target))[number]
-    return Prompt(image, target, prompt.index)
+def _prompt_tiles(prompt: Prompt, plan: tiling.TilePlan) -> tuple[np.ndarray, np.ndarray]:
+    """All tiles of a prompt's image and target under ``plan``, padded with each one's minimum
+    (cut once per prompt, not once per query tile)."""
+    image = tiling.extract(prompt.image, plan, fill=float(np.min(prompt.image)))
+    target = tiling.extract(prompt.target, plan, fill=np.min(prompt.target))
+    return image, target
 
 
 def _resolve_device(device: str) -> str:
