@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data.samplers import AugmentConfig, PropagationConfig, move_half, shared_augment
+from .data.samplers import AugmentConfig, PropagationConfig, apply_flips, move_half, shared_augment
 from .loss import mvg_loss
 from .model import MVGModel
 from .training_batch import collate_canvases
@@ -58,18 +58,15 @@ def prompt_pairs(
     pair, possibly a prompt with itself."""
     prompt, query = (examples[i] for i in rng.integers(len(examples), size=2))
     flips, jitter = shared_augment(rng, settings.augment)
-
-    def flipped(array: np.ndarray) -> np.ndarray:
-        array = array[::-1] if flips[0] else array
-        return np.ascontiguousarray(array[:, ::-1] if flips[1] else array)
-
-    prompt_image, prompt_label = move_half(rng, settings.motion, flipped(prompt[0]), flipped(prompt[1]))
+    prompt_image, prompt_label = move_half(
+        rng, settings.motion, apply_flips(prompt[0], flips), apply_flips(prompt[1], flips)
+    )
     return {
         "task": "segment",
         "prompt_image": jitter(prompt_image),
         "prompt_target": prompt_label.astype(np.int64),
-        "query_image": jitter(flipped(query[0])),
-        "query_target": flipped(query[1]).astype(np.int64),
+        "query_image": jitter(apply_flips(query[0], flips)),
+        "query_target": apply_flips(query[1], flips).astype(np.int64),
         "hole": np.zeros(query[0].shape, dtype=bool),
     }
 

@@ -425,11 +425,7 @@ class InContextDataset(Dataset):
         arrays = [
             resize_plane(_crop(a, box), (self.size, self.size), is_label[i]) for i, a in enumerate(arrays)
         ]
-        if flips[0]:
-            arrays = [a[::-1] for a in arrays]
-        if flips[1]:
-            arrays = [a[:, ::-1] for a in arrays]
-        return tuple(np.ascontiguousarray(a) for a in arrays)
+        return tuple(apply_flips(a, flips) for a in arrays)
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -559,6 +555,12 @@ def shared_augment(rng: np.random.Generator, aug: AugmentConfig) -> tuple[tuple[
         return np.clip(out, 0.0, 1.0).astype(np.float32)
 
     return flips, jitter
+
+
+def apply_flips(array: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
+    """``array`` flipped (vertically, horizontally) as :func:`shared_augment` drew, contiguous."""
+    array = array[::-1] if flips[0] else array
+    return np.ascontiguousarray(array[:, ::-1] if flips[1] else array)
 
 
 def move_half(
