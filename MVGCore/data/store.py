@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,17 +131,7 @@ class StoreWriter:
             raise ValueError(f"tile size must be at least 8 pixels, got {tile_size}")
         if axis not in (0, 1, 2):
             raise ValueError(f"axis must be 0, 1 or 2 (k, j, i), got {axis}")
-        self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tile_size, self.axis, self.info = tile_size, axis, dict(info or {})
-        self._building = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
-        try:  # a failure (or SIGTERM) before the with-block is entered must not leave the folder
-            self._arrays = {
-                name: _NpyAppender(self._building / f"{name}.npy", dtype, tile_size)
-                for name, dtype in ARRAYS.items()
-            }
-        except BaseException:
-            shutil.rmtree(self._building, ignore_errors=True)
-            raise
         self.cases: list[StoredCase] = []
         self.dropped: list[dict[str, Any]] = []
 
@@ -214,7 +204,7 @@ class StoreWriter:
             "dropped": self.dropped,
         }
         (self._building / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        self._building.chmod(0o755)  # mkdtemp makes it private
+        self._building.chmod(0o755)  # made private while it was being built
         os.replace(self._building, self.out)
         return self.out
 
@@ -224,9 +214,26 @@ class StoreWriter:
         shutil.rmtree(self._building, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:
-        # SIGTERM raises inside the block, so the hidden building folder is removed on a kill too.
+        """Make the hidden building folder, with SIGTERM raising from here to ``__exit__``.
+
+        The folder is made here, not in ``__init__``: a SIGTERM between the constructor and the
+        with-block would otherwise leave it behind. Its name is chosen before it exists, so a
+        SIGTERM that lands just after ``mkdir`` still finds it to remove.
+        """
         self._signals = ExitStack()
         self._signals.enter_context(sigterm_raises())
+        self._building = self.out.parent / f".{self.out.name}.{secrets.token_hex(6)}"
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self._building.mkdir(mode=0o700)
+            self._arrays = {
+                name: _NpyAppender(self._building / f"{name}.npy", dtype, self.tile_size)
+                for name, dtype in ARRAYS.items()
+            }
+        except BaseException:
+            shutil.rmtree(self._building, ignore_errors=True)
+            self._signals.close()
+            raise
         return self
 
     def __exit__(self, kind, error, traceback) -> None:

@@ -145,7 +145,6 @@ def test_store_refuses_a_foreign_or_damaged_folder(tmp_path):
     (tmp_path / "s" / "labels.npy").unlink()
     with pytest.raises(FileNotFoundError, match=r"labels\.npy"):
         SliceStore(tmp_path / "s")
-    with pytest.raises(ValueError, match="images"):
-        StoreWriter(tmp_path / "t", 8, 0).add_case(
-            "a", "d", ("MR", "CT"), ("denoise",), np.zeros((1, 1, 8, 8)), (0,), (False,)
-        )
+    with pytest.raises(ValueError, match="images"), StoreWriter(tmp_path / "t", 8, 0) as writer:
+        writer.add_case("a", "d", ("MR", "CT"), ("denoise",), np.zeros((1, 1, 8, 8)), (0,), (False,))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the failed store left no folder
