@@ -9,7 +9,8 @@ half of itself and is scored on the other half (``--single-images``).
 
 Beside the model and the chosen ``--baselines``, the quick peers a user would try first always
 answer too (unless ``--no-peers``): copying the nearest prompt's label and Slicer's "Fill between
-slices" on segmentation volumes, histogram matching to the prompt targets on synthesis.
+slices" on segmentation volumes, histogram matching to the prompt targets on synthesis, and the
+noisy input as it came on denoising (the floor a denoiser must clear).
 Writes, into a new folder:
 
 - ``cases/<dataset>__<case>__<task>.json``: prompts, seed and each method's metrics and seconds;
@@ -555,12 +556,22 @@ BASELINES = {
     "copy-nearest": ({"segmentation": "copy"}, ("segment",)),
     "fill-between": ({"segmentation": "fill"}, ("segment",)),
     "histogram-match": ({"synthesis_mapping": "match"}, ("synthesize",)),
+    "noisy-input": (None, ("denoise",)),
 }
-"""Baseline names for ``--baselines`` -> (``ClassicalBaseline`` settings, the tasks it answers)."""
-PEERS = ("copy-nearest", "fill-between", "histogram-match")
+"""Baseline names for ``--baselines`` -> (``ClassicalBaseline`` settings, the tasks it answers);
+``None`` is :class:`InputAsItCame`."""
+PEERS = ("copy-nearest", "fill-between", "histogram-match", "noisy-input")
 """Baselines a user tries first; they answer beside any model unless ``peers=False``."""
 NEEDS_SLICES = ("copy-nearest", "fill-between")
 """Baselines whose prompts must be slices of the volume itself (they skip single images)."""
+
+
+class InputAsItCame:
+    """The noisy volume returned unchanged: the floor a denoiser has to clear (a denoiser that
+    scores below it made the image worse than the noise did)."""
+
+    def denoise(self, image: np.ndarray, prompts: Any = None, axis: int = 0, **_: Any) -> np.ndarray:
+        return np.array(image, dtype=np.float32, copy=True)
 
 
 def build_methods(
@@ -605,7 +616,7 @@ def build_methods(
     for name in [*baselines, *(p for p in PEERS if peers and p not in baselines)]:
         settings, tasks = BASELINES[name]
         try:
-            runner = ClassicalBaseline(**settings)
+            runner = InputAsItCame() if settings is None else ClassicalBaseline(**settings)
         except ValueError as error:
             if name in baselines:
                 raise

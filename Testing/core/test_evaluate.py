@@ -84,7 +84,11 @@ def test_cli_runs_model_and_baseline_on_the_same_trials(dataset, checkpoint, tmp
     table = (out / "summary.md").read_text(encoding="utf-8")  # UTF-8 whatever the locale ("±")
     assert printed.strip().endswith(table.strip())  # the table is printed last
     common = ["mvg-average", "mvg-feature", "classical-affine"]
-    peers = {"segment": ["copy-nearest", "fill-between"], "synthesize": ["histogram-match"]}
+    peers = {
+        "segment": ["copy-nearest", "fill-between"],
+        "synthesize": ["histogram-match"],
+        "denoise": ["noisy-input"],
+    }
     for task in ("segment", "denoise", "inpaint", "synthesize"):
         assert f"### {task}" in printed
         methods = common + peers.get(task, [])  # the quick peers answer only their task
@@ -101,6 +105,9 @@ def test_cli_runs_model_and_baseline_on_the_same_trials(dataset, checkpoint, tmp
     filled = summary["summary"]["segment"]["fill-between"]["dice"]
     assert filled["n"] + filled["n_nan"] == 2  # phantom 1 is labelled on its 2 prompt slices only
     assert "histogram-match" not in summary["summary"]["denoise"]
+    for number in range(2):  # the noisy input is scored as it came: worse than the classical denoiser
+        record = json.loads((out / "cases" / f"Phantom__phantom_{number:03d}__denoise.json").read_text())
+        assert record["methods"]["noisy-input"]["psnr"] < record["methods"]["classical-affine"]["psnr"]
     with pytest.raises(FileExistsError, match="not empty"):
         main(argv)
 
@@ -178,7 +185,8 @@ def test_single_images_take_prompts_from_other_images_of_their_dataset(tmp_path,
     assert len(records) == 9  # every image, every task: none skipped
     for record in records:
         assert record["prompt_source"] == "dataset"
-        expected = {"mvg", "classical-affine"}  # copying / filling between slices need slices of a volume
+        # copying / filling between slices need slices of a volume; the noisy input answers denoising
+        expected = {"mvg", "classical-affine"} | ({"noisy-input"} if record["task"] == "denoise" else set())
         assert set(record["methods"]) == expected
         for values in record["methods"].values():
             assert all(np.isfinite(v) for k, v in values.items() if k not in ("hd95", "psnr_hole"))
