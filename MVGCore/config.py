@@ -37,6 +37,13 @@ class MVGConfig:
     pixel_skip: bool = False
     """Give the decoder the image canvas' own pixels (a 3x3 convolution added to its pixel features),
     so image tasks can keep the query's detail at 1:1; off in the presets, as in the reference."""
+    copy_gates: bool = False
+    """Add to each output pixel gated copies of two pixels the answer is often close to: the query's
+    own image (denoising, inpainting outside the hole) and the prompt tile's target at the same place
+    (propagation shows a nearby slice on the same grid, so its label is the best first guess). The
+    gates are per pixel and per channel, read from the decoder's features, and start at zero; without
+    them both reach the output only through 16 px tokens and a normalised convolution, which cannot
+    return an input exactly. Off in the presets, as in the reference."""
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

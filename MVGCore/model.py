@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from MVGCore.config import MVGConfig
 
 LAYER_NORM_EPS = 1e-6
-OPTIONAL_MODULES = ("decoder_skip",)
+OPTIONAL_MODULES = ("decoder_skip", "decoder_gates")
 """Modules a config option adds (None when off); they start as a no-op, so weights of a model
 without them initialise the rest (``--init``)."""
 ATTENTION_MODES = ("bias", "folded")
@@ -185,6 +185,10 @@ class MVGModel(nn.Module):
             if config.pixel_skip
             else None
         )
+        # One gate per output channel for the query image and one for the carried prompt target.
+        self.decoder_gates = (
+            nn.Conv2d(config.decoder_dim, 2 * config.in_chans, kernel_size=1) if config.copy_gates else None
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -199,9 +203,10 @@ class MVGModel(nn.Module):
                 nn.init.zeros_(module.bias)
         proj = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
-        if self.decoder_skip is not None:  # starts as the model without the skip
-            nn.init.zeros_(self.decoder_skip.weight)
-            nn.init.zeros_(self.decoder_skip.bias)
+        for optional in (self.decoder_skip, self.decoder_gates):  # start as the model without them
+            if optional is not None:
+                nn.init.zeros_(optional.weight)
+                nn.init.zeros_(optional.bias)
 
     def grid_pos_embed(self, rows: int, cols: int) -> torch.Tensor:
         grid = self.config.pos_embed_grid
@@ -274,29 +279,55 @@ class MVGModel(nn.Module):
             if index in self.config.feature_blocks:
                 features.append(self.norm(z))
         features = torch.cat(features, dim=-1)
+        carried = self.carried_prompt(targets) if self.decoder_gates is not None else None
         if not query_only:
-            return self.decode(features, images)
+            return self.decode(features, images, carried)
         # One token row of the prompt half above the query gives the 3x3 conv its context, so the
         # query tile is exactly the bottom half of the full output.
         first = rows // 2 - 1
         patch = self.config.patch_size
-        return self.decode(features[:, first:], images[..., first * patch :, :])[..., patch:, :]
+        below = slice(first * patch, None)
+        carried = None if carried is None else carried[..., below, :]
+        return self.decode(features[:, first:], images[..., below, :], carried)[..., patch:, :]
 
-    def decode(self, features: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+    @staticmethod
+    def carried_prompt(targets: torch.Tensor) -> torch.Tensor:
+        """The target canvas with the prompt tile's target moved down onto the query tile and zeros on
+        the prompt tile. Only the prompt half is read, so nothing of the query's target leaks."""
+        prompt = targets[..., : targets.shape[-2] // 2, :]
+        return torch.cat([torch.zeros_like(prompt), prompt], dim=-2)
+
+    def decode(
+        self, features: torch.Tensor, images: torch.Tensor | None = None, carried: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Token features (B, rows, cols, C) -> pixels (B, 3, rows*p, cols*p). The pixel grid is
         laid out channels-last, the layout the convolutions and LayerNorm2d run fastest in.
         ``images`` (B, 3, rows*p, cols*p) are the image canvas' pixels on the same grid, which
-        ``pixel_skip`` models add to the pixel features."""
+        ``pixel_skip`` models add to the pixel features and ``copy_gates`` models copy through their
+        gates, with ``carried`` (:meth:`carried_prompt` on that grid)."""
         batch, rows, cols, _ = features.shape
         patch, channels = self.config.patch_size, self.config.decoder_dim
         x = self.decoder_embed(features).reshape(batch, rows, cols, patch, patch, channels)
         x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, rows * patch, cols * patch, channels)
         x = x.permute(0, 3, 1, 2)
-        if self.decoder_skip is not None:
+        if self.decoder_skip is not None or self.decoder_gates is not None:
             if images is None:
-                raise ValueError("a pixel_skip model decodes with the image canvas' pixels; pass images")
+                raise ValueError(
+                    "a pixel_skip or copy_gates model decodes with the image canvas; pass images"
+                )
+        if self.decoder_skip is not None:
             x = x + self.decoder_skip(images.to(x.dtype))
-        return self.decoder_pred(x)
+        if self.decoder_gates is None:
+            return self.decoder_pred(x)
+        if carried is None:
+            raise ValueError("a copy_gates model decodes with the carried prompt target; pass carried")
+        hidden = self.decoder_pred[:-1](x)
+        image_gate, prompt_gate = self.decoder_gates(hidden).chunk(2, dim=1)
+        return (
+            self.decoder_pred[-1](hidden)
+            + image_gate * images.to(x.dtype)
+            + prompt_gate * carried.to(x.dtype)
+        )
 
 
 def build_model(config: MVGConfig) -> MVGModel:

@@ -173,22 +173,48 @@ def test_large_and_non_contiguous_label_ids_segment_like_one_to_n(checkpoint):
 # ------------------------------------------------------------------ the decoder's pixel path
 
 
-def test_pixel_skip_starts_as_the_model_without_it_and_loads_its_weights(checkpoint):
+@pytest.mark.parametrize("option, module", [("pixel_skip", "decoder_skip"), ("copy_gates", "decoder_gates")])
+def test_a_pixel_path_starts_as_the_model_without_it_and_loads_its_weights(checkpoint, option, module):
     config = load_model(checkpoint)[0].config
     torch.manual_seed(0)
     plain = MVGModel(config).eval()
-    skip = MVGModel(config.replace(pixel_skip=True)).eval()
-    missing, unexpected = skip.load_state_dict(plain.state_dict(), strict=False)
-    assert sorted(missing) == ["decoder_skip.bias", "decoder_skip.weight"] and not unexpected
+    extra = MVGModel(config.replace(**{option: True})).eval()
+    missing, unexpected = extra.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == [f"{module}.bias", f"{module}.weight"] and not unexpected
     images, targets = torch.randn(2, 3, 64, 32), torch.randn(2, 3, 64, 32)
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, 4:] = True
     with torch.no_grad():
-        assert torch.equal(plain(images, targets, mask), skip(images, targets, mask))
+        assert torch.equal(plain(images, targets, mask), extra(images, targets, mask))
         assert torch.equal(
-            plain(images, targets, mask, query_only=True), skip(images, targets, mask, query_only=True)
+            plain(images, targets, mask, query_only=True), extra(images, targets, mask, query_only=True)
         )
-        torch.nn.init.normal_(skip.decoder_skip.weight)
-        full, query = skip(images, targets, mask), skip(images, targets, mask, query_only=True)
+        torch.nn.init.normal_(getattr(extra, module).weight)
+        full, query = extra(images, targets, mask), extra(images, targets, mask, query_only=True)
         assert not torch.equal(full, plain(images, targets, mask))
         torch.testing.assert_close(full[..., 32:, :], query)  # query-only decoding sees the same pixels
+
+
+def test_copy_gates_return_the_query_image_or_the_prompt_label_exactly_and_never_read_the_query_target(
+    checkpoint,
+):
+    config = load_model(checkpoint)[0].config.replace(copy_gates=True)
+    model = MVGModel(config).eval()
+    images, targets = torch.randn(1, 3, 64, 32), torch.randn(1, 3, 64, 32)
+    carried = MVGModel.carried_prompt(targets)
+    assert torch.equal(carried[..., 32:, :], targets[..., :32, :]) and not carried[..., :32, :].any()
+    mask = torch.zeros(1, 8, dtype=torch.bool)
+    mask[:, 4:] = True  # the query tile hidden, as at inference
+    other = targets.clone()
+    other[..., 32:, :] = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model.decoder_pred[-1].weight.zero_()
+        model.decoder_pred[-1].bias.zero_()
+        gates = model.decoder_gates
+        gates.weight.zero_()
+        gates.bias.copy_(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]))  # copy the query image
+        assert torch.equal(model(images, targets, mask, query_only=True), images[..., 32:, :])
+        gates.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]))  # copy the prompt's label
+        query = model(images, targets, mask, query_only=True)
+        assert torch.equal(query, targets[..., :32, :])
+        assert torch.equal(query, model(images, other, mask, query_only=True))
