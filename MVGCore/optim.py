@@ -9,6 +9,7 @@ of the step, so a resumed run needs only the step to continue it exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -32,22 +33,37 @@ def uses_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim > 1 and name.split(".")[-1] not in NO_DECAY_NAMES
 
 
-def param_groups(model: MVGModel, weight_decay: float, layer_decay: float) -> list[dict]:
-    """One group per (depth, decay or not), each with an ``lr_scale`` the schedule multiplies in."""
+def module_lr_scale(name: str, lr_scales: Mapping[str, float]) -> float:
+    """The multiplier of the first ``lr_scales`` module name that ``name`` lies in (else 1)."""
+    for module, scale in lr_scales.items():
+        if name.startswith(f"{module}."):
+            return float(scale)
+    return 1.0
+
+
+def param_groups(
+    model: MVGModel, weight_decay: float, layer_decay: float, lr_scales: Mapping[str, float] | None = None
+) -> list[dict]:
+    """One group per (depth, decay or not, module multiplier), each with an ``lr_scale`` the
+    schedule multiplies in. ``lr_scales`` maps module names to learning-rate multipliers: a module
+    that starts at zero when fine-tuning (a gate of ``copy_gates``) moves at most ``lr`` per Adam
+    step, so reaching a gate of 1 takes thousands of steps at a fine-tuning rate unless it learns
+    faster than the weights around it."""
     depth = model.config.depth
-    groups: dict[tuple[int, bool], dict] = {}
+    groups: dict[tuple[int, bool, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         layer = layer_id(name, depth)
         decay = uses_weight_decay(name, param)
+        multiplier = module_lr_scale(name, lr_scales or {})
         group = groups.setdefault(
-            (layer, decay),
+            (layer, decay, multiplier),
             {
                 "params": [],
                 "names": [],
                 "weight_decay": weight_decay if decay else 0.0,
-                "lr_scale": layer_decay ** (depth + 1 - layer),
+                "lr_scale": layer_decay ** (depth + 1 - layer) * multiplier,
                 "layer": layer,
             },
         )
@@ -62,8 +78,9 @@ def build_optimizer(
     weight_decay: float,
     layer_decay: float,
     betas: tuple[float, float] = (0.9, 0.999),
+    lr_scales: Mapping[str, float] | None = None,
 ) -> torch.optim.AdamW:
-    groups = param_groups(model, weight_decay, layer_decay)
+    groups = param_groups(model, weight_decay, layer_decay, lr_scales)
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))

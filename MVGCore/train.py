@@ -46,6 +46,7 @@ from MVGCore import cli
 from MVGCore.canvas import gray_to_rgb, imagenet_denormalize, query_half
 from MVGCore.checkpoint import PICKLE_SUFFIXES, atomic_write, load_tensors
 from MVGCore.coloring import decode
+from MVGCore.config import MVGConfig
 from MVGCore.data.samplers import InContextDataset
 from MVGCore.data.store import MANIFEST, SliceStore, StoredCase
 from MVGCore.loss import mvg_loss
@@ -552,6 +553,19 @@ def train(
             dist.destroy_process_group()
 
 
+def _check_lr_scales(config: TrainConfig, model_config: MVGConfig) -> None:
+    """Refuse ``lr_scales`` naming a module the model lacks, before any data is read (the model is
+    built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        modules = dict(MVGModel(model_config).named_children())
+    unknown = sorted(m for m in config.lr_scales if m not in modules)
+    if unknown:
+        raise ValueError(
+            f"lr_scales names {unknown}, which model {config.model!r} does not have "
+            f"(or has switched off); its modules are {sorted(modules)}"
+        )
+
+
 def _run(
     config: TrainConfig,
     out: Path,
@@ -562,6 +576,7 @@ def _run(
 ) -> dict[str, Any]:
     torch.use_deterministic_algorithms(config.deterministic)
     model_config = config.model_config()
+    _check_lr_scales(config, model_config)
     store = prepare_store(config, out, env)
     if store.tile_size < model_config.tile_size:
         raise ValueError(
@@ -588,7 +603,7 @@ def _run(
     if not resume:  # a resumed run takes every weight from its checkpoint
         _initialise(model, config)
     optimizer = build_optimizer(
-        model, config.lr, config.weight_decay, config.layer_decay, tuple(config.betas)
+        model, config.lr, config.weight_decay, config.layer_decay, tuple(config.betas), config.lr_scales
     )
     checkpoints = out / "checkpoints"
     step = 0

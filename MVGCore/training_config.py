@@ -60,6 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     layer_decay: float = 0.8
+    lr_scales: dict[str, float] = field(default_factory=dict)
     clip_grad: float = 0.0
     amp: str = "auto"
     num_workers: int = 2
@@ -130,6 +131,9 @@ class TrainConfig:
             problems.append(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
         if not 0.0 < self.layer_decay <= 1.0:
             problems.append(f"layer_decay must lie in (0, 1], got {self.layer_decay}")
+        for module, scale in self.lr_scales.items():
+            if not isinstance(scale, (int, float)) or not scale > 0:
+                problems.append(f"lr_scales[{module!r}] must be a positive number, got {scale!r}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.weight_decay < 0 or self.clip_grad < 0:

@@ -73,6 +73,18 @@ def test_optimizer_learning_rates_scale_per_group(model):
         assert group["lr"] == pytest.approx(2e-3 * 0.8 ** (DEPTH + 1 - group["layer"]))
 
 
+def test_lr_scales_speed_up_named_modules_only(model):
+    gated = MVGModel(model.config.replace(copy_gates=True))
+    groups = param_groups(gated, weight_decay=0.05, layer_decay=0.5, lr_scales={"decoder_gates": 30})
+    scale_of = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    assert scale_of["decoder_gates.weight"] == scale_of["decoder_gates.bias"] == 30.0
+    assert scale_of["decoder_pred.0.weight"] == 1.0 and scale_of["blocks.2.mlp.fc1.weight"] == 0.5
+    optimizer = build_optimizer(gated, 1e-3, 0.05, 0.5, lr_scales={"decoder_gates": 30})
+    set_lr(optimizer, 1e-3)
+    lr_of = {n: g["lr"] for g in optimizer.param_groups for n in g["names"]}
+    assert lr_of["decoder_gates.bias"] == pytest.approx(3e-2)
+
+
 def test_warmup_then_cosine():
     lrs = [lr_at(s, base_lr=1.0, warmup_steps=4, total_steps=14, min_lr=0.1) for s in range(14)]
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
