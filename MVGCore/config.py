@@ -44,6 +44,10 @@ class MVGConfig:
     gates are per pixel and per channel, read from the decoder's features, and start at zero; without
     them both reach the output only through 16 px tokens and a normalised convolution, which cannot
     return an input exactly. Off in the presets, as in the reference."""
+    carry_prompt: bool = False
+    """Add to the decoder's pixel features, at each query pixel, the prompt tile's image and target
+    pixels at the same place (a 3x3 convolution), so that the decoder (and ``copy_gates``) can tell
+    pixel by pixel where the query still looks like the prompt. Off in the presets."""
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from MVGCore.config import MVGConfig
 
 LAYER_NORM_EPS = 1e-6
-OPTIONAL_MODULES = ("decoder_skip", "decoder_gates")
+OPTIONAL_MODULES = ("decoder_skip", "decoder_gates", "decoder_carry")
 """Modules a config option adds (None when off); they start as a no-op, so weights of a model
 without them initialise the rest (``--init``)."""
 ATTENTION_MODES = ("bias", "folded")
@@ -185,6 +185,11 @@ class MVGModel(nn.Module):
             if config.pixel_skip
             else None
         )
+        self.decoder_carry = (
+            nn.Conv2d(2 * config.in_chans, config.decoder_dim, kernel_size=3, padding=1)
+            if config.carry_prompt
+            else None
+        )
         # One gate per output channel for the query image and one for the carried prompt target.
         self.decoder_gates = (
             nn.Conv2d(config.decoder_dim, 2 * config.in_chans, kernel_size=1) if config.copy_gates else None
@@ -203,7 +208,11 @@ class MVGModel(nn.Module):
                 nn.init.zeros_(module.bias)
         proj = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
-        for optional in (self.decoder_skip, self.decoder_gates):  # start as the model without them
+        for optional in (
+            self.decoder_skip,
+            self.decoder_gates,
+            self.decoder_carry,
+        ):  # start as the model without them
             if optional is not None:
                 nn.init.zeros_(optional.weight)
                 nn.init.zeros_(optional.bias)
@@ -279,7 +288,8 @@ class MVGModel(nn.Module):
             if index in self.config.feature_blocks:
                 features.append(self.norm(z))
         features = torch.cat(features, dim=-1)
-        carried = self.carried_prompt(targets) if self.decoder_gates is not None else None
+        needs_carried = self.decoder_gates is not None or self.decoder_carry is not None
+        carried = self.carried_prompt(images, targets) if needs_carried else None
         if not query_only:
             return self.decode(features, images, carried)
         # One token row of the prompt half above the query gives the 3x3 conv its context, so the
@@ -291,10 +301,11 @@ class MVGModel(nn.Module):
         return self.decode(features[:, first:], images[..., below, :], carried)[..., patch:, :]
 
     @staticmethod
-    def carried_prompt(targets: torch.Tensor) -> torch.Tensor:
-        """The target canvas with the prompt tile's target moved down onto the query tile and zeros on
+    def carried_prompt(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, 6, H, W): the prompt tile's image and target moved down onto the query tile, zeros on
         the prompt tile. Only the prompt half is read, so nothing of the query's target leaks."""
-        prompt = targets[..., : targets.shape[-2] // 2, :]
+        half = images.shape[-2] // 2
+        prompt = torch.cat([images[..., :half, :], targets[..., :half, :]], dim=1)
         return torch.cat([torch.zeros_like(prompt), prompt], dim=-2)
 
     def decode(
@@ -304,30 +315,30 @@ class MVGModel(nn.Module):
         laid out channels-last, the layout the convolutions and LayerNorm2d run fastest in.
         ``images`` (B, 3, rows*p, cols*p) are the image canvas' pixels on the same grid, which
         ``pixel_skip`` models add to the pixel features and ``copy_gates`` models copy through their
-        gates, with ``carried`` (:meth:`carried_prompt` on that grid)."""
+        gates; ``carried`` is :meth:`carried_prompt` on that grid, whose target ``copy_gates`` copy
+        and which ``carry_prompt`` models add to the pixel features."""
         batch, rows, cols, _ = features.shape
         patch, channels = self.config.patch_size, self.config.decoder_dim
         x = self.decoder_embed(features).reshape(batch, rows, cols, patch, patch, channels)
         x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, rows * patch, cols * patch, channels)
         x = x.permute(0, 3, 1, 2)
-        if self.decoder_skip is not None or self.decoder_gates is not None:
-            if images is None:
-                raise ValueError(
-                    "a pixel_skip or copy_gates model decodes with the image canvas; pass images"
-                )
         if self.decoder_skip is not None:
+            if images is None:
+                raise ValueError("a pixel_skip model decodes with the image canvas' pixels; pass images")
             x = x + self.decoder_skip(images.to(x.dtype))
+        if self.decoder_gates is None and self.decoder_carry is None:
+            return self.decoder_pred(x)
+        if images is None or carried is None:
+            raise ValueError("copy_gates and carry_prompt models decode with images and carried; pass both")
+        carried = carried.to(x.dtype)
+        if self.decoder_carry is not None:
+            x = x + self.decoder_carry(carried)
         if self.decoder_gates is None:
             return self.decoder_pred(x)
-        if carried is None:
-            raise ValueError("a copy_gates model decodes with the carried prompt target; pass carried")
         hidden = self.decoder_pred[:-1](x)
         image_gate, prompt_gate = self.decoder_gates(hidden).chunk(2, dim=1)
-        return (
-            self.decoder_pred[-1](hidden)
-            + image_gate * images.to(x.dtype)
-            + prompt_gate * carried.to(x.dtype)
-        )
+        prompt_target = carried[:, images.shape[1] :]
+        return self.decoder_pred[-1](hidden) + image_gate * images.to(x.dtype) + prompt_gate * prompt_target
 
 
 def build_model(config: MVGConfig) -> MVGModel:

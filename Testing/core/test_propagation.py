@@ -173,7 +173,10 @@ def test_large_and_non_contiguous_label_ids_segment_like_one_to_n(checkpoint):
 # ------------------------------------------------------------------ the decoder's pixel path
 
 
-@pytest.mark.parametrize("option, module", [("pixel_skip", "decoder_skip"), ("copy_gates", "decoder_gates")])
+@pytest.mark.parametrize(
+    "option, module",
+    [("pixel_skip", "decoder_skip"), ("copy_gates", "decoder_gates"), ("carry_prompt", "decoder_carry")],
+)
 def test_a_pixel_path_starts_as_the_model_without_it_and_loads_its_weights(checkpoint, option, module):
     config = load_model(checkpoint)[0].config
     torch.manual_seed(0)
@@ -201,8 +204,9 @@ def test_copy_gates_return_the_query_image_or_the_prompt_label_exactly_and_never
     config = load_model(checkpoint)[0].config.replace(copy_gates=True)
     model = MVGModel(config).eval()
     images, targets = torch.randn(1, 3, 64, 32), torch.randn(1, 3, 64, 32)
-    carried = MVGModel.carried_prompt(targets)
-    assert torch.equal(carried[..., 32:, :], targets[..., :32, :]) and not carried[..., :32, :].any()
+    carried = MVGModel.carried_prompt(images, targets)
+    assert torch.equal(carried[:, :3, 32:], images[..., :32, :]) and not carried[..., :32, :].any()
+    assert torch.equal(carried[:, 3:, 32:], targets[..., :32, :])
     mask = torch.zeros(1, 8, dtype=torch.bool)
     mask[:, 4:] = True  # the query tile hidden, as at inference
     other = targets.clone()
