@@ -58,6 +58,9 @@ class AugmentConfig:
     brightness: tuple[float, float] = (-0.05, 0.05)
 
 
+QUERY_SLICES = ("any", "foreground")
+
+
 @dataclass
 class PropagationConfig:
     """Slice distance and the small independent motion between prompt and query of a propagation pair."""
@@ -65,7 +68,12 @@ class PropagationConfig:
     near: tuple[int, int] = (1, 8)
     """Distance in source slices, drawn uniformly in this range ..."""
     far_prob: float = 0.15
-    """... except with this chance, when the prompt is any other foreground slice of the case."""
+    """... except with this chance, when the query is any other slice of the case."""
+    query_slices: str = "any"
+    """Where the query may lie. "any": every stored slice, the prompt always a labelled one, as at
+    inference, where the user labels a few slices and every other slice is segmented, so the model
+    also learns where a structure ends (a lesion spans a few slices of the volume). "foreground":
+    only slices that show a label, prompt and query alike (a structure never ends)."""
     shift: float = 3.0
     """Independent shift of the prompt half, in tile pixels (uniform in +-shift)."""
     rotate: float = 4.0
@@ -149,6 +157,11 @@ class SamplerConfig:
         if len(near) != 2 or not 1 <= near[0] <= near[1]:
             raise ValueError(
                 f"sampler config propagation.near must be (low, high) with 1 <= low <= high, got {near}"
+            )
+        if self.propagation.query_slices not in QUERY_SLICES:
+            raise ValueError(
+                f"sampler config propagation.query_slices must be one of {QUERY_SLICES}, "
+                f"got {self.propagation.query_slices!r}"
             )
         if not 0.0 <= self.zoom_margin[0] <= self.zoom_margin[1]:
             raise ValueError(
@@ -511,18 +524,20 @@ def _crop(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
 def _propagation_positions(
     rng: np.random.Generator, case: StoredCase, config: PropagationConfig
 ) -> tuple[int, int]:
-    """(prompt, query) stored positions of one case: the prompt a drawn number of source slices
-    from the query (the nearest foreground slice to that distance), or far with ``far_prob``."""
-    pool = list(case.foreground_positions)
-    query = pool[rng.integers(len(pool))]
-    others = [p for p in pool if p != query]
+    """(prompt, query) stored positions of one case: the prompt a labelled slice, the query the
+    slice nearest to a drawn number of source slices away from it (among ``query_slices``), or any
+    other such slice with ``far_prob``."""
+    labelled = list(case.foreground_positions)
+    prompt = labelled[rng.integers(len(labelled))]
+    pool = labelled if config.query_slices == "foreground" else range(len(case.slices))
+    others = [p for p in pool if p != prompt]
     if not others:
-        return query, query
+        return prompt, prompt
     if rng.random() < config.far_prob:
-        return others[rng.integers(len(others))], query
+        return prompt, others[rng.integers(len(others))]
     distance = int(rng.integers(config.near[0], config.near[1] + 1)) * (1 if rng.random() < 0.5 else -1)
-    wanted = case.slices[query] + distance
-    prompt = min(others, key=lambda p: (abs(case.slices[p] - wanted), p))
+    wanted = case.slices[prompt] + distance
+    query = min(others, key=lambda p: (abs(case.slices[p] - wanted), p))
     return prompt, query
 
 

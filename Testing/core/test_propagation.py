@@ -75,6 +75,33 @@ def test_propagation_motion_moves_only_the_prompt_half_and_labels_follow(shifted
             assert inside.size and np.allclose(inside, 0.8, atol=0.02)  # still on its bright square
 
 
+@pytest.mark.parametrize("query_slices", ["any", "foreground"])
+def test_propagation_queries_also_lie_where_the_structure_has_ended(tmp_path, query_slices):
+    """A lesion on slices 4-7 of 16: prompts are always labelled slices, as a user's are; with
+    "any" the query is also drawn past the lesion's end, where its target is empty."""
+    labels = np.zeros((16, STORE, STORE), np.uint8)
+    labels[4:8, 40:64, 40:64] = 1
+    images = (0.2 + 0.6 * labels.astype(np.float32))[:, None]
+    with StoreWriter(tmp_path / "lesion", STORE, 0) as writer:
+        labelled = tuple(bool(label.any()) for label in labels)
+        writer.add_case("c0", "D", ("MR",), ("segment",), images, tuple(range(16)), labelled, label=labels)
+    config = {
+        "tasks": {"segment": 1.0},
+        "augment": {**NO_AUGMENT, "crop_prob": 0.0},
+        "propagation": {**STILL, "near": (1, 8), "query_slices": query_slices},
+    }
+    dataset = InContextDataset(SliceStore(tmp_path / "lesion"), config, length=40, seed=0, tile_size=TILE)
+    samples = [dataset[i] for i in range(40)]
+    assert all(s["prompt_target"].any() for s in samples)
+    empty = sum(not s["query_target"].any() for s in samples)
+    assert empty > 5 if query_slices == "any" else empty == 0
+
+
+def test_sampler_refuses_an_unknown_query_slices_choice(shifted_store):
+    with pytest.raises(ValueError, match="query_slices must be one of"):
+        InContextDataset(shifted_store, {"tasks": {"segment": 1.0}, "propagation": {"query_slices": "all"}})
+
+
 def test_sampler_refuses_a_tile_larger_than_the_store(shifted_store):
     with pytest.raises(ValueError, match="tile size 256 must lie in"):
         InContextDataset(shifted_store, {"tasks": {"segment": 1.0}}, tile_size=256)
