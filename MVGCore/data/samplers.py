@@ -68,7 +68,7 @@ class PropagationConfig:
     near: tuple[int, int] = (1, 8)
     """Distance in source slices, drawn uniformly in this range ..."""
     far_prob: float = 0.15
-    """... except with this chance, when the query is any other slice of the case."""
+    """... except with this chance, when the query is any other slice of the case (of ``query_slices``)."""
     query_slices: str = "any"
     """Where the query may lie. "any": every stored slice, the prompt always a labelled one, as at
     inference, where the user labels a few slices and every other slice is segmented, so the model
