@@ -208,11 +208,8 @@ class MVGModel(nn.Module):
                 nn.init.zeros_(module.bias)
         proj = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(proj.view(proj.shape[0], -1))
-        for optional in (
-            self.decoder_skip,
-            self.decoder_gates,
-            self.decoder_carry,
-        ):  # start as the model without them
+        for name in OPTIONAL_MODULES:  # start as the model without them
+            optional = getattr(self, name)
             if optional is not None:
                 nn.init.zeros_(optional.weight)
                 nn.init.zeros_(optional.bias)

@@ -368,7 +368,7 @@ def _initialise(model: MVGModel, config: TrainConfig) -> None:
         if path.suffix in PICKLE_SUFFIXES:
             raise ValueError(f"init {path}: MVGCore checkpoints are .safetensors; convert pickle files first")
         weights, _ = load_tensors(path)
-        # Modules an option adds (pixel_skip, copy_gates) start as a no-op, so a checkpoint made without them
+        # Modules an option adds (OPTIONAL_MODULES) start as a no-op, so a checkpoint made without them
         # initialises everything else.
         optional = tuple(f"{name}." for name in OPTIONAL_MODULES if getattr(model, name) is not None)
         try:
