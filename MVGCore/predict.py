@@ -34,6 +34,7 @@ import torch
 from . import cli, tiling, zoom
 from .adapt import DEFAULT_LR as ADAPT_LR
 from .adapt import AdaptSettings, adapt
+from .calibration import CALIBRATIONS, leave_one_out_blend
 from .canvas import (
     TileFit,
     build_canvases,
@@ -106,6 +107,9 @@ class Options:
         (``tile_overlap`` pixels of overlap, a quarter tile by default, blended; slices smaller
         than a tile are padded, not enlarged), prompts tiled the same way (:mod:`MVGCore.tiling`);
         "fit" shrinks or enlarges each whole slice into one tile.
+    calibrate: denoising only: "blend" returns ``a * model + b * input + c`` with the weights
+        fitted on the prompt pairs, leave-one-out (:mod:`MVGCore.calibration`; needs two or more
+        given prompts, otherwise the model's answer is returned); "off" the model's answer.
     adapt_steps: segmentation only: tune a copy of the model for this many steps on pairs made of
         the prompts before predicting (:mod:`MVGCore.adapt`; seeded by ``seed``, learning rate
         ``adapt_lr``); 0 = off. The Predictor's own model is never changed.
@@ -128,8 +132,11 @@ class Options:
     adapt_lr: float = ADAPT_LR
     image_scale: str = "native"
     tile_overlap: int | None = None
+    calibrate: str = "blend"
 
     def __post_init__(self) -> None:
+        if self.calibrate not in CALIBRATIONS:
+            raise ValueError(f"option calibrate must be one of {CALIBRATIONS}, got {self.calibrate!r}")
         AdaptSettings(self.adapt_steps, self.adapt_lr)  # checks both
         if self.image_scale not in IMAGE_SCALES:
             raise ValueError(f"option image_scale must be one of {IMAGE_SCALES}, got {self.image_scale!r}")
@@ -399,7 +406,55 @@ class Predictor:
                 kept, examples = {}, self._noise_examples(part, axis, in_range, fit, spacing, opts)
             return _Job(part, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range)
 
-        return self._image_run(volume, axis, prompts or [], None, in_range, opts, job, progress, cancel)
+        result = self._image_run(volume, axis, prompts or [], None, in_range, opts, job, progress, cancel)
+        if opts.calibrate == "off" or len(prompts or ()) < 2:
+            return result
+        return self._calibrated(result, volume, axis, prompts, in_range, options, cancel)
+
+    def _calibrated(
+        self,
+        result: np.ndarray | tuple[np.ndarray, np.ndarray],
+        volume: np.ndarray,
+        axis: int,
+        prompts: Sequence[Prompt],
+        in_range: IntensityRange,
+        options: dict[str, Any],
+        cancel: CancelToken | None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """``result`` of :meth:`denoise` blended with the noisy ``volume`` by weights fitted on the
+        prompts (:mod:`MVGCore.calibration`); the prompt slices of the volume keep their targets."""
+        plane = _plane_spacing(Options.parse(options).spacing, axis)
+        single = {
+            **options,
+            "calibrate": "off",
+            "return_disagreement": False,
+            "window": (in_range.low, in_range.high),  # the volume's normalisation, not the slice's
+            "spacing": (1.0, *plane),
+        }
+
+        def denoise_one(image: np.ndarray, others: list[Prompt]) -> np.ndarray:
+            return self.denoise(image[None], others, 0, cancel=cancel, **single)[0]
+
+        blend = leave_one_out_blend(denoise_one, prompts)
+        log.info(
+            "denoise calibration: %.3f x model + %.3f x input + %.4g",
+            blend.model_weight,
+            blend.input_weight,
+            blend.offset,
+        )
+        out, disagreement = result if isinstance(result, tuple) else (result, None)
+        kept = {p.index for p in prompts if p.index is not None}
+        for index in range(volume.shape[axis]):
+            if index not in kept:
+                put_slice(
+                    out,
+                    axis,
+                    index,
+                    blend.apply(take_slice(out, axis, index), take_slice(volume, axis, index)),
+                )
+        if disagreement is None:
+            return out
+        return out, (disagreement * abs(blend.model_weight)).astype(disagreement.dtype)
 
     def inpaint(
         self,
@@ -1165,6 +1220,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="denoise/inpaint/synthesize: 1:1 overlapping tiles (default) or each slice fitted into one tile",
     )
     parser.add_argument(
+        "--calibrate",
+        choices=CALIBRATIONS,
+        default="blend",
+        help="denoise: blend the answer with the input by weights fitted on the prompts (default; "
+        "needs 2+ prompts) or return the model's answer",
+    )
+    parser.add_argument(
         "--adapt-steps",
         type=int,
         default=0,
@@ -1224,6 +1286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.update(zoom=args.zoom, zoom_margin=args.zoom_margin, adapt_steps=args.adapt_steps)
     else:
         options.update(image_scale=args.image_scale)
+    if args.task == "denoise":
+        options.update(calibrate=args.calibrate)
     run: Callable[..., Any]
     if args.task == "inpaint":
         run = lambda **kw: predictor.inpaint(image.array, hole, prompts, args.axis, **kw)  # noqa: E731

@@ -132,3 +132,21 @@ def test_cli_errors_name_the_file_and_flag(tmp_path, checkpoint):
         main([*base[:4], "--task", "denoise", "--output", str(image_path)])
     with pytest.raises(FileNotFoundError):
         main([*base, "--task", "denoise", "--input", str(tmp_path / "missing.nii.gz")])
+
+
+def test_denoise_calibration_flag(tmp_path, checkpoint):
+    image_path, _, image, _ = _case(tmp_path, GEOMETRIES["flipped"], 0)
+    clean = (image.astype(np.float32) * 0.5).astype(np.float32)
+    clean_path = write_volume(tmp_path / "clean.nii.gz", Volume(clean, GEOMETRIES["flipped"]))
+    base = ["--checkpoint", str(checkpoint), "--input", str(image_path), "--quiet", "--task", "denoise"]
+    base += ["--prompts", str(clean_path), "--slices", "1,4"]
+    outputs = {}
+    for flag in ("blend", "off"):
+        out = tmp_path / f"den_{flag}.nii.gz"
+        assert main([*base, "--calibrate", flag, "--output", str(out)]) == 0
+        outputs[flag] = read_volume(out).array
+    assert not np.array_equal(outputs["blend"], outputs["off"])
+    for index in (1, 4):  # the prompt slices keep the given clean slices either way
+        assert np.array_equal(outputs["blend"][index], clean[index])
+    with pytest.raises(SystemExit):
+        main([*base, "--calibrate", "sometimes", "--output", str(tmp_path / "x.nii.gz")])

@@ -1,0 +1,75 @@
+"""Denoising output calibrated on the user's own prompt pairs: a blend of the model's answer and
+the noisy input, fitted by least squares on the prompts.
+
+Why: a denoiser that blurs can return an image worse than its input, and the input itself is an
+estimate of the clean image whose errors (the noise) are nearly independent of the model's (lost
+detail). A weighted sum ``a * model + b * input + c`` with weights fitted on known (noisy, clean)
+pairs is then never worse than the better of the two on those pairs (``a = 0, b = 1`` and
+``a = 1, b = 0`` are both candidates) and usually better than both. The pairs come from the
+prompts, leave-one-out: each prompt's noisy image is denoised with the *other* prompts, so the fit
+sees the model's error on images it was not shown the answer of, as the query slices are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .types import Prompt
+
+CALIBRATIONS = ("blend", "off")
+"""``blend``: fit and apply :class:`Blend` when at least two prompt pairs are given; ``off``: the
+model's answer as it is."""
+
+
+@dataclass(frozen=True)
+class Blend:
+    """``model_weight * model + input_weight * input + offset``, in the image's own units."""
+
+    model_weight: float
+    input_weight: float
+    offset: float
+
+    def apply(self, model_out: np.ndarray, given: np.ndarray) -> np.ndarray:
+        blended = self.model_weight * model_out.astype(np.float64) + self.input_weight * given + self.offset
+        return blended.astype(np.float32)
+
+
+def fit_blend(
+    model_outs: Sequence[np.ndarray], inputs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
+) -> Blend:
+    """The least-squares :class:`Blend` of ``model_outs`` and ``inputs`` towards ``truths``, pooled
+    over every pixel of every pair (arrays of one pair share a shape)."""
+    if not (len(model_outs) == len(inputs) == len(truths)) or not model_outs:
+        raise ValueError("fit_blend needs one model output, input and truth per pair, and at least one pair")
+    columns = []
+    for out, given, truth in zip(model_outs, inputs, truths):
+        if not (out.shape == given.shape == truth.shape):
+            raise ValueError(
+                f"fit_blend: a pair's model output, input and truth differ in shape "
+                f"({out.shape}, {given.shape}, {truth.shape})"
+            )
+        columns.append(np.stack([np.ravel(out), np.ravel(given), np.ravel(truth)], axis=1).astype(np.float64))
+    data = np.concatenate(columns)
+    design = np.column_stack([data[:, 0], data[:, 1], np.ones(len(data))])
+    (model_weight, input_weight, offset), *_ = np.linalg.lstsq(design, data[:, 2], rcond=None)
+    return Blend(float(model_weight), float(input_weight), float(offset))
+
+
+def leave_one_out_blend(
+    denoise_one: Callable[[np.ndarray, list[Prompt]], np.ndarray], prompts: Sequence[Prompt]
+) -> Blend:
+    """The :class:`Blend` fitted on ``prompts``: each prompt's noisy image is denoised by
+    ``denoise_one(image, other_prompts)`` (a 2D answer, with the other prompts as examples from
+    another image) and compared with its clean target. Needs at least two prompts."""
+    if len(prompts) < 2:
+        raise ValueError(f"a leave-one-out blend needs at least two prompt pairs, got {len(prompts)}")
+    outs, inputs, truths = [], [], []
+    for number, prompt in enumerate(prompts):
+        others = [Prompt(p.image, p.target) for n, p in enumerate(prompts) if n != number]
+        outs.append(denoise_one(prompt.image, others))
+        inputs.append(np.asarray(prompt.image, dtype=np.float64))
+        truths.append(np.asarray(prompt.target, dtype=np.float64))
+    return fit_blend(outs, inputs, truths)

@@ -1,0 +1,95 @@
+"""Denoising calibrated on the prompts: the fitted blend of the model's answer and the noisy input."""
+
+import numpy as np
+import pytest
+from test_predict import CopyPrompt
+
+from MVGCore.calibration import fit_blend, leave_one_out_blend
+from MVGCore.predict import Predictor
+from MVGCore.types import Prompt
+
+WINDOW = {"modality": "CT", "window": (-1000.0, 1000.0)}
+
+
+def test_fit_blend_recovers_known_weights():
+    rng = np.random.default_rng(0)
+    outs = [rng.normal(size=(16, 16)) for _ in range(2)]
+    inputs = [rng.normal(size=(16, 16)) for _ in range(2)]
+    truths = [0.7 * o + 0.2 * i + 3.0 for o, i in zip(outs, inputs)]
+    blend = fit_blend(outs, inputs, truths)
+    assert blend.model_weight == pytest.approx(0.7) and blend.input_weight == pytest.approx(0.2)
+    assert blend.offset == pytest.approx(3.0)
+    assert np.allclose(blend.apply(outs[0], inputs[0]), truths[0], atol=1e-5)
+
+
+def test_fit_blend_ignores_a_useless_model():
+    rng = np.random.default_rng(1)
+    truths = [rng.normal(size=(32, 32)) for _ in range(2)]
+    inputs = [t + rng.normal(0, 0.1, t.shape) for t in truths]
+    outs = [rng.normal(size=t.shape) for t in truths]  # unrelated to the truth
+    blend = fit_blend(outs, inputs, truths)
+    assert abs(blend.model_weight) < 0.05 and blend.input_weight == pytest.approx(1.0, abs=0.05)
+
+
+def test_fit_blend_refuses_mismatched_pairs():
+    with pytest.raises(ValueError, match="differ in shape"):
+        fit_blend([np.zeros((2, 2))], [np.zeros((2, 3))], [np.zeros((2, 2))])
+    with pytest.raises(ValueError, match="at least one pair"):
+        fit_blend([], [], [])
+
+
+def test_leave_one_out_never_shows_a_prompt_its_own_target():
+    rng = np.random.default_rng(2)
+    prompts = [Prompt(rng.normal(size=(8, 8)), rng.normal(size=(8, 8)), index) for index in (0, 3, 5)]
+    seen = []
+
+    def denoise_one(image, others):
+        seen.append((image, others))
+        return others[0].target
+
+    leave_one_out_blend(denoise_one, prompts)
+    assert len(seen) == 3
+    for prompt, (image, others) in zip(prompts, seen):
+        assert image is prompt.image and len(others) == 2
+        assert all(o.target is not prompt.target and o.index is None for o in others)
+    with pytest.raises(ValueError, match="at least two prompt pairs"):
+        leave_one_out_blend(denoise_one, prompts[:1])
+
+
+def _noisy_scene(seed: int = 0):
+    """A smooth volume that changes from slice to slice, and its noisy copy."""
+    rng = np.random.default_rng(seed)
+    j, i = np.mgrid[:32, :32]
+    clean = np.stack([300 * np.sin(j / 5 + k / 3) + 200 * np.cos(i / 7 - k / 4) for k in range(8)])
+    noisy = clean + rng.normal(0, 60, clean.shape)
+    return clean.astype(np.float32), noisy.astype(np.float32)
+
+
+def test_blend_beats_both_the_model_and_the_input():
+    clean, noisy = _noisy_scene()
+    prompts = [Prompt(noisy[q], clean[q], q) for q in (1, 4, 6)]
+    predictor = Predictor(CopyPrompt(), device="cpu")
+    raw = predictor.denoise(noisy, prompts, calibrate="off", **WINDOW)
+    blended = predictor.denoise(noisy, prompts, **WINDOW)
+    queries = [q for q in range(8) if q not in (1, 4, 6)]
+
+    def mse(volume):
+        return float(np.mean((volume[queries] - clean[queries]) ** 2))
+
+    assert mse(blended) < mse(noisy) and mse(blended) < mse(raw)
+    for q in (1, 4, 6):  # the prompt slices keep the user's clean targets
+        assert np.array_equal(blended[q], clean[q])
+
+
+def test_one_prompt_is_not_calibrated():
+    clean, noisy = _noisy_scene(1)
+    predictor = Predictor(CopyPrompt(), device="cpu")
+    prompts = [Prompt(noisy[2], clean[2], 2)]
+    raw = predictor.denoise(noisy, prompts, calibrate="off", **WINDOW)
+    assert np.array_equal(predictor.denoise(noisy, prompts, **WINDOW), raw)
+
+
+def test_unknown_calibration_is_refused():
+    clean, noisy = _noisy_scene()
+    with pytest.raises(ValueError, match="option calibrate must be one of"):
+        Predictor(CopyPrompt(), device="cpu").denoise(noisy, [Prompt(noisy[0], clean[0], 0)], calibrate="x")
