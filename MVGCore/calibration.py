@@ -20,8 +20,10 @@ import numpy as np
 from .types import Prompt
 
 CALIBRATIONS = ("blend", "off")
-"""``blend``: fit and apply :class:`Blend` when at least two prompt pairs are given; ``off``: the
-model's answer as it is."""
+"""``blend``: fit and apply :class:`Blend` on the prompt pairs; ``off``: the model's answer as it is."""
+
+MIN_HALF = 16
+"""Smallest half (pixels along the cut side) a single prompt is split into for calibration."""
 
 
 @dataclass(frozen=True)
@@ -58,18 +60,37 @@ def fit_blend(
     return Blend(float(model_weight), float(input_weight), float(offset))
 
 
+def calibration_pairs(prompts: Sequence[Prompt]) -> list[Prompt] | None:
+    """The (noisy, clean) pairs a blend is fitted on: the prompts themselves when there are two or
+    more; one prompt cut in two halves along its longer side; None when there is nothing to fit
+    on (no prompt, or one whose halves would be under :data:`MIN_HALF` pixels)."""
+    if len(prompts) != 1:
+        return list(prompts) or None
+    prompt = prompts[0]
+    along = int(np.argmax(prompt.image.shape))
+    half = prompt.image.shape[along] // 2
+    if half < MIN_HALF:
+        return None
+    key: list[slice] = [slice(None), slice(None)]
+    pairs = []
+    for cut in (slice(0, half), slice(half, None)):
+        key[along] = cut
+        pairs.append(Prompt(prompt.image[tuple(key)], prompt.target[tuple(key)]))
+    return pairs
+
+
 def leave_one_out_blend(
-    denoise_one: Callable[[np.ndarray, list[Prompt]], np.ndarray], prompts: Sequence[Prompt]
+    denoise_one: Callable[[np.ndarray, list[Prompt]], np.ndarray], pairs: Sequence[Prompt]
 ) -> Blend:
-    """The :class:`Blend` fitted on ``prompts``: each prompt's noisy image is denoised by
-    ``denoise_one(image, other_prompts)`` (a 2D answer, with the other prompts as examples from
-    another image) and compared with its clean target. Needs at least two prompts."""
-    if len(prompts) < 2:
-        raise ValueError(f"a leave-one-out blend needs at least two prompt pairs, got {len(prompts)}")
+    """The :class:`Blend` fitted on ``pairs`` (from :func:`calibration_pairs`): each pair's noisy
+    image is denoised by ``denoise_one(image, other_pairs)`` (a 2D answer, with the other pairs as
+    examples from another image) and compared with its clean target."""
+    if len(pairs) < 2:
+        raise ValueError(f"a leave-one-out blend needs at least two pairs, got {len(pairs)}")
     outs, inputs, truths = [], [], []
-    for number, prompt in enumerate(prompts):
-        others = [Prompt(p.image, p.target) for n, p in enumerate(prompts) if n != number]
-        outs.append(denoise_one(prompt.image, others))
-        inputs.append(np.asarray(prompt.image, dtype=np.float64))
-        truths.append(np.asarray(prompt.target, dtype=np.float64))
+    for number, pair in enumerate(pairs):
+        others = [Prompt(p.image, p.target) for n, p in enumerate(pairs) if n != number]
+        outs.append(denoise_one(pair.image, others))
+        inputs.append(np.asarray(pair.image, dtype=np.float64))
+        truths.append(np.asarray(pair.target, dtype=np.float64))
     return fit_blend(outs, inputs, truths)

@@ -34,7 +34,7 @@ import torch
 from . import cli, tiling, zoom
 from .adapt import DEFAULT_LR as ADAPT_LR
 from .adapt import AdaptSettings, adapt
-from .calibration import CALIBRATIONS, leave_one_out_blend
+from .calibration import CALIBRATIONS, calibration_pairs, leave_one_out_blend
 from .canvas import (
     TileFit,
     build_canvases,
@@ -108,8 +108,9 @@ class Options:
         than a tile are padded, not enlarged), prompts tiled the same way (:mod:`MVGCore.tiling`);
         "fit" shrinks or enlarges each whole slice into one tile.
     calibrate: denoising only: "blend" returns ``a * model + b * input + c`` with the weights
-        fitted on the prompt pairs, leave-one-out (:mod:`MVGCore.calibration`; needs two or more
-        given prompts, otherwise the model's answer is returned); "off" the model's answer.
+        fitted on the given prompt pairs, leave-one-out (one prompt is cut in two halves;
+        :mod:`MVGCore.calibration`); without given prompts the model's answer is returned.
+        "off": the model's answer.
     adapt_steps: segmentation only: tune a copy of the model for this many steps on pairs made of
         the prompts before predicting (:mod:`MVGCore.adapt`; seeded by ``seed``, learning rate
         ``adapt_lr``); 0 = off. The Predictor's own model is never changed.
@@ -407,9 +408,14 @@ class Predictor:
             return _Job(part, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range)
 
         result = self._image_run(volume, axis, prompts or [], None, in_range, opts, job, progress, cancel)
-        if opts.calibrate == "off" or len(prompts or ()) < 2:
+        pairs = calibration_pairs(prompts or ()) if opts.calibrate == "blend" else None
+        if pairs is None:
+            if opts.calibrate == "blend" and prompts:
+                log.info(
+                    "denoise: the one prompt is too small to calibrate on; the model's answer is returned"
+                )
             return result
-        return self._calibrated(result, volume, axis, prompts, in_range, options, cancel)
+        return self._calibrated(result, volume, axis, prompts, pairs, in_range, options, cancel)
 
     def _calibrated(
         self,
@@ -417,12 +423,13 @@ class Predictor:
         volume: np.ndarray,
         axis: int,
         prompts: Sequence[Prompt],
+        pairs: list[Prompt],
         in_range: IntensityRange,
         options: dict[str, Any],
         cancel: CancelToken | None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """``result`` of :meth:`denoise` blended with the noisy ``volume`` by weights fitted on the
-        prompts (:mod:`MVGCore.calibration`); the prompt slices of the volume keep their targets."""
+        """``result`` of :meth:`denoise` blended with the noisy ``volume`` by weights fitted on
+        ``pairs`` (:mod:`MVGCore.calibration`); the prompt slices of the volume keep their targets."""
         plane = _plane_spacing(Options.parse(options).spacing, axis)
         single = {
             **options,
@@ -435,7 +442,7 @@ class Predictor:
         def denoise_one(image: np.ndarray, others: list[Prompt]) -> np.ndarray:
             return self.denoise(image[None], others, 0, cancel=cancel, **single)[0]
 
-        blend = leave_one_out_blend(denoise_one, prompts)
+        blend = leave_one_out_blend(denoise_one, pairs)
         log.info(
             "denoise calibration: %.3f x model + %.3f x input + %.4g",
             blend.model_weight,

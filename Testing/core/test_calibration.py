@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from test_predict import CopyPrompt
 
-from MVGCore.calibration import fit_blend, leave_one_out_blend
+from MVGCore.calibration import MIN_HALF, calibration_pairs, fit_blend, leave_one_out_blend
 from MVGCore.predict import Predictor
 from MVGCore.types import Prompt
 
@@ -52,8 +52,19 @@ def test_leave_one_out_never_shows_a_prompt_its_own_target():
     for prompt, (image, others) in zip(prompts, seen):
         assert image is prompt.image and len(others) == 2
         assert all(o.target is not prompt.target and o.index is None for o in others)
-    with pytest.raises(ValueError, match="at least two prompt pairs"):
+    with pytest.raises(ValueError, match="at least two pairs"):
         leave_one_out_blend(denoise_one, prompts[:1])
+
+
+def test_one_prompt_is_cut_in_halves_along_its_longer_side():
+    image, target = np.arange(40 * 33).reshape(40, 33), -np.arange(40 * 33).reshape(40, 33)
+    first, second = calibration_pairs([Prompt(image, target, 3)])
+    assert np.array_equal(np.concatenate([first.image, second.image]), image)
+    assert np.array_equal(np.concatenate([first.target, second.target]), target)
+    assert first.index is None and second.index is None
+    small = np.zeros((2 * MIN_HALF - 1, 10))
+    assert calibration_pairs([Prompt(small, small)]) is None
+    assert calibration_pairs([]) is None
 
 
 def _noisy_scene(seed: int = 0):
@@ -81,12 +92,15 @@ def test_blend_beats_both_the_model_and_the_input():
         assert np.array_equal(blended[q], clean[q])
 
 
-def test_one_prompt_is_not_calibrated():
+def test_one_prompt_is_calibrated_on_its_halves():
     clean, noisy = _noisy_scene(1)
     predictor = Predictor(CopyPrompt(), device="cpu")
     prompts = [Prompt(noisy[2], clean[2], 2)]
     raw = predictor.denoise(noisy, prompts, calibrate="off", **WINDOW)
-    assert np.array_equal(predictor.denoise(noisy, prompts, **WINDOW), raw)
+    blended = predictor.denoise(noisy, prompts, **WINDOW)
+    queries = [q for q in range(8) if q != 2]
+    assert np.mean((blended[queries] - clean[queries]) ** 2) < np.mean((noisy[queries] - clean[queries]) ** 2)
+    assert not np.array_equal(blended, raw) and np.array_equal(blended[2], clean[2])
 
 
 def test_unknown_calibration_is_refused():
