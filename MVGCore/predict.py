@@ -397,15 +397,16 @@ class Predictor:
         ranges = [self._prompt_range(p, in_range, opts) for p in prompts or ()]
 
         def job(part: np.ndarray, part_prompts: Sequence[Prompt], _: np.ndarray | None) -> _Job:
-            fit = plan_fit(plane_shape(part.shape, axis), self.config.tile_size, spacing)
-            if part_prompts:
-                kept = kept_targets(part_prompts, part.shape, axis)
-                examples = [
-                    self._image_example(n, p, ranges[n], None, spacing) for n, p in enumerate(part_prompts)
-                ]
-            else:
-                kept, examples = {}, self._noise_examples(part, axis, in_range, fit, spacing, opts)
-            return _Job(part, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range)
+            return self._image_job(
+                part,
+                part_prompts,
+                axis,
+                opts,
+                in_range,
+                ranges,
+                spacing,
+                self_made=lambda fit: self._noise_examples(part, axis, in_range, fit, spacing, opts),
+            )
 
         result = self._image_run(volume, axis, prompts or [], None, in_range, opts, job, progress, cancel)
         pairs = calibration_pairs(prompts or ()) if opts.calibrate == "blend" else None
@@ -493,17 +494,16 @@ class Predictor:
         ranges = [self._prompt_range(p, in_range, opts) for p in prompts or ()]
 
         def job(part: np.ndarray, part_prompts: Sequence[Prompt], part_hole: np.ndarray | None) -> _Job:
-            fit = plan_fit(plane_shape(part.shape, axis), self.config.tile_size, spacing)
-            if part_prompts:
-                kept = kept_targets(part_prompts, part.shape, axis)
-                examples = [
-                    self._image_example(n, p, ranges[n], None, spacing, part_hole, axis)
-                    for n, p in enumerate(part_prompts)
-                ]
-            else:
-                kept, examples = {}, self._hole_examples(part, part_hole, axis, in_range, spacing, opts)
-            return _Job(
-                part, axis, opts, in_range, examples, kept, fit, spacing, out_range=in_range, hole=part_hole
+            return self._image_job(
+                part,
+                part_prompts,
+                axis,
+                opts,
+                in_range,
+                ranges,
+                spacing,
+                hole=part_hole,
+                self_made=lambda _: self._hole_examples(part, part_hole, axis, in_range, spacing, opts),
             )
 
         return self._image_run(volume, axis, prompts or [], hole, in_range, opts, job, progress, cancel)
@@ -537,12 +537,7 @@ class Predictor:
         ranges = [self._prompt_range(p, in_range, opts) for p in prompts]
 
         def job(part: np.ndarray, part_prompts: Sequence[Prompt], _: np.ndarray | None) -> _Job:
-            kept = kept_targets(part_prompts, part.shape, axis)
-            examples = [
-                self._image_example(n, p, ranges[n], out_range, spacing) for n, p in enumerate(part_prompts)
-            ]
-            fit = plan_fit(plane_shape(part.shape, axis), self.config.tile_size, spacing)
-            return _Job(part, axis, opts, in_range, examples, kept, fit, spacing, out_range=out_range)
+            return self._image_job(part, part_prompts, axis, opts, in_range, ranges, spacing, out_range)
 
         return self._image_run(volume, axis, prompts, None, in_range, opts, job, progress, cancel)
 
@@ -633,6 +628,34 @@ class Predictor:
         labels = self._tile(target.astype(np.int64), True, spacing)
         classes = tuple(int(c) for c in np.unique(labels) if c != 0)
         return _Example(self._tile(image, False, spacing), labels, prompt.index, classes)
+
+    def _image_job(
+        self,
+        part: np.ndarray,
+        part_prompts: Sequence[Prompt],
+        axis: int,
+        opts: Options,
+        in_range: IntensityRange,
+        ranges: Sequence[IntensityRange],
+        spacing: tuple[float, float],
+        out_range: IntensityRange | None = None,
+        hole: np.ndarray | None = None,
+        self_made: Callable[[TileFit], list[_Example]] | None = None,
+    ) -> _Job:
+        """The job of an image task on ``part``: the given prompts as examples (``ranges`` scale
+        their images; ``out_range``, default the input's, their targets and the output), or, when
+        none are given, the examples ``self_made`` builds for the part's tile fit."""
+        fit = plan_fit(plane_shape(part.shape, axis), self.config.tile_size, spacing)
+        if not part_prompts and self_made is not None:
+            kept, examples = {}, self_made(fit)
+        else:
+            kept = kept_targets(part_prompts, part.shape, axis)
+            examples = [
+                self._image_example(n, p, ranges[n], out_range, spacing, hole, axis)
+                for n, p in enumerate(part_prompts)
+            ]
+        out = in_range if out_range is None else out_range
+        return _Job(part, axis, opts, in_range, examples, kept, fit, spacing, out_range=out, hole=hole)
 
     def _image_example(
         self,
