@@ -163,5 +163,9 @@ def test_denoise_volume_times_native_and_fitted_runs(tmp_path, checkpoint):
         == 0
     )
     runs = json.loads(out.read_text())["runs"]
-    assert [r["image_scale"] for r in runs] == ["native", "fit"]
+    assert [(r["image_scale"], r["prompts"]) for r in runs] == [
+        ("native", "self-made"),
+        ("fit", "self-made"),
+        ("native", "2 given, calibrated"),
+    ]
     assert all(r["seconds"] > 0 and r["max_rss_mb"] > 0 for r in runs)
