@@ -430,7 +430,15 @@ def test_ctrl_c_while_train_prepares_data_stops_at_once(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "MVGCore.train", "--out", str(run), "--phantoms", "40"]
     command += ["--set", "phantom_shape=[40, 96, 96]", "--set", "steps=2"]
-    process = subprocess.Popen(command, env=_env(), stderr=subprocess.PIPE, text=True)
+    # A terminal's Ctrl-C: the child starts with SIGINT's default action even when this test runs in
+    # a background job (a non-interactive shell's `&` starts it ignored, and Python keeps that).
+    process = subprocess.Popen(
+        command,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not (run / "data").exists():
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
