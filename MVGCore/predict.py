@@ -416,7 +416,7 @@ class Predictor:
                     "denoise: the one prompt is too small to calibrate on; the model's answer is returned"
                 )
             return result
-        return self._calibrated(result, volume, axis, prompts, pairs, in_range, options, cancel)
+        return self._calibrated(result, volume, axis, prompts, pairs, in_range, spacing, options, cancel)
 
     def _calibrated(
         self,
@@ -426,12 +426,14 @@ class Predictor:
         prompts: Sequence[Prompt],
         pairs: list[Prompt],
         in_range: IntensityRange,
+        plane: tuple[float, float],
         options: dict[str, Any],
         cancel: CancelToken | None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``result`` of :meth:`denoise` blended with the noisy ``volume`` by weights fitted on
-        ``pairs`` (:mod:`MVGCore.calibration`); the prompt slices of the volume keep their targets."""
-        plane = _plane_spacing(Options.parse(options).spacing, axis)
+        ``pairs`` (:mod:`MVGCore.calibration`); the prompt slices of the volume keep their targets.
+        Each pair is denoised as a one-slice volume with the volume's normalisation and in-plane
+        ``plane`` spacing."""
         single = {
             **options,
             "calibrate": "off",
