@@ -1,7 +1,9 @@
 """The reference's training loss: weighted smooth-L1 on the hidden target patches.
 
 Pixels count only where the mask hid their patch. Segmentation background pixels weigh 0.1 and
-foreground 1 (so small organs are not drowned by background); image tasks weigh 1 everywhere.
+foreground 1 (so small organs are not drowned by background); image tasks weigh 1 everywhere,
+except, optionally, an inpainting query outside its hole: inference returns the input there, so
+those pixels teach only the copy, which pulls the hole towards its zero fill (the dark holes).
 A sample whose *visible* target carries no information (all background, or a constant image)
 gives the model nothing to learn in context, so it is dropped from the loss, as the reference does.
 """
@@ -28,6 +30,24 @@ def pixel_weights(foreground: torch.Tensor, is_segmentation: torch.Tensor) -> to
     seg = is_segmentation.view(-1, 1, 1).to(torch.bool)
     weights = torch.where(seg & ~foreground.bool(), BACKGROUND_WEIGHT, 1.0)
     return weights[:, None].float()
+
+
+def outside_hole_weights(
+    weights: torch.Tensor, holes: torch.Tensor, is_inpaint: torch.Tensor, outside: float
+) -> torch.Tensor:
+    """``weights`` (B, 1, 2S, S) of [prompt; query] canvases with the query half of each inpainting
+    sample scaled by ``outside`` where its (B, S, S) ``holes`` mask is False."""
+    if not 0.0 <= outside <= 1.0:
+        raise ValueError(f"the weight outside the hole must lie in [0, 1], got {outside}")
+    size = holes.shape[-2]
+    if weights.shape[-2] != 2 * size or weights.shape[-1] != holes.shape[-1]:
+        raise ValueError(
+            f"weights {tuple(weights.shape)} are not [prompt; query] canvases of holes {tuple(holes.shape)}"
+        )
+    scale = torch.ones_like(weights)
+    query = torch.where(holes.bool(), 1.0, outside).to(weights.dtype)[:, None]
+    scale[:, :, size:] = torch.where(is_inpaint.view(-1, 1, 1, 1).bool(), query, 1.0)
+    return weights * scale
 
 
 def informative_samples(target01: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:

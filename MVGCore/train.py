@@ -247,7 +247,7 @@ def validation_batches(
             continue
         stream = SampleStream(sampler, config.seed, VAL_STREAM)
         samples = [stream[i] for i in range(config.val_samples)]
-        collate = CanvasCollator(grid, config.seed, VAL_STREAM)
+        collate = CanvasCollator(grid, config.seed, VAL_STREAM, None, config.inpaint_outside_weight)
         batches[task] = [
             collate(samples[i : i + config.batch_size]) for i in range(0, len(samples), config.batch_size)
         ]
@@ -630,7 +630,7 @@ def _run(
     # Step `step` itself was logged (train record, validation) before its checkpoint was written.
     metrics = _Metrics(out, step + 1 if resume else 0, env.is_main)
     masks = MaskSampler(grid, ar_probability={**DEFAULT_AR_PROBABILITY, **config.mask_ar})
-    collator = CanvasCollator(grid, config.seed, TRAIN_STREAM, masks)
+    collator = CanvasCollator(grid, config.seed, TRAIN_STREAM, masks, config.inpaint_outside_weight)
     loader = DataLoader(
         SampleStream(train_sampler, config.seed, TRAIN_STREAM),
         batch_sampler=StepBatchSampler(

@@ -18,7 +18,7 @@ import torch
 
 from MVGCore.canvas import build_canvases
 from MVGCore.coloring import color_table
-from MVGCore.loss import pixel_weights
+from MVGCore.loss import outside_hole_weights, pixel_weights
 from MVGCore.masking import MaskSampler, ar_mask
 
 
@@ -59,12 +59,14 @@ def collate_canvases(
     rngs: Sequence[np.random.Generator],
     grid: tuple[int, int],
     mask_sampler: MaskSampler | None = None,
+    outside_hole_weight: float = 1.0,
 ) -> TrainBatch:
     """Build a batch from sampler dicts; ``rngs[b]`` draws sample b's colors and mask.
 
     ``grid`` is the model's token grid (``MVGConfig.grid``). ``mask_sampler=None`` hides the whole
     query half of every sample (the inference situation, used for validation) instead of drawing
-    AR/MIM masks.
+    AR/MIM masks. ``outside_hole_weight`` weighs an inpainting query's pixels outside its hole
+    (:func:`MVGCore.loss.outside_hole_weights`; 1 is the reference's uniform weight).
     """
     if not samples:
         raise ValueError("cannot build a batch from no samples")
@@ -101,15 +103,20 @@ def collate_canvases(
         tables.append(table)
         classes.append(present)
     is_seg = torch.tensor([s["task"] == "segment" for s in samples])
+    is_inpaint = torch.tensor([s["task"] == "inpaint" for s in samples])
     foreground = torch.cat([c.foreground for c in parts])
+    holes = torch.stack([torch.as_tensor(np.asarray(s["hole"], dtype=bool)) for s in samples])
+    weights = pixel_weights(foreground, is_seg)
+    if outside_hole_weight != 1.0:
+        weights = outside_hole_weights(weights, holes, is_inpaint, outside_hole_weight)
     return TrainBatch(
         images=torch.cat([c.images for c in parts]),
         targets=torch.cat([c.targets for c in parts]),
         targets01=torch.cat([c.targets01 for c in parts]),
         mask=torch.stack(masks),
-        weights=pixel_weights(foreground, is_seg),
+        weights=weights,
         is_segmentation=is_seg,
-        holes=torch.stack([torch.as_tensor(np.asarray(s["hole"], dtype=bool)) for s in samples]),
+        holes=holes,
         tasks=[s["task"] for s in samples],
         tables=tables,
         classes=classes,
@@ -169,7 +176,8 @@ class CanvasCollator:
     seed: int
     stream: int
     mask_sampler: MaskSampler | None = None
+    outside_hole_weight: float = 1.0
 
     def __call__(self, samples: list[dict[str, Any]]) -> TrainBatch:
         rngs = [np.random.default_rng([self.seed, self.stream, s["position"], 1]) for s in samples]
-        return collate_canvases(samples, rngs, self.grid, self.mask_sampler)
+        return collate_canvases(samples, rngs, self.grid, self.mask_sampler, self.outside_hole_weight)

@@ -47,6 +47,9 @@ class TrainConfig:
     val_volume_prompts: int = 2
     mask_ar: dict[str, float] = field(default_factory=dict)
     """Chance of the AR mask (the whole query half hidden) per task, over the reference's mix."""
+    inpaint_outside_weight: float = 1.0
+    """Loss weight of an inpainting query's pixels outside its hole (1: the reference's uniform
+    weight). Inference returns the input there, so only the hole's answer is used."""
     val_fraction: float = 0.2
     val_samples: int = 8
     val_every: int = 100
@@ -136,6 +139,8 @@ class TrainConfig:
                 problems.append(f"lr_scales[{module!r}] must be a positive number, got {scale!r}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0.0 <= self.inpaint_outside_weight <= 1.0:
+            problems.append(f"inpaint_outside_weight must lie in [0, 1], got {self.inpaint_outside_weight}")
         if self.weight_decay < 0 or self.clip_grad < 0:
             problems.append("weight_decay and clip_grad must not be negative (clip_grad 0 = off)")
         if self.amp not in AMP_MODES:

@@ -1,6 +1,14 @@
+import pytest
 import torch
 
-from MVGCore.loss import BACKGROUND_WEIGHT, informative_samples, mvg_loss, pixel_mask, pixel_weights
+from MVGCore.loss import (
+    BACKGROUND_WEIGHT,
+    informative_samples,
+    mvg_loss,
+    outside_hole_weights,
+    pixel_mask,
+    pixel_weights,
+)
 
 GRID, PATCH = (4, 2), 4  # a 16x8 canvas
 
@@ -48,3 +56,11 @@ def test_samples_with_an_uninformative_visible_target_are_dropped():
     )
     loss.backward()
     assert pred.grad[0].abs().sum() == 0 and pred.grad[1].abs().sum() > 0
+
+
+def test_outside_hole_weights_check_their_arguments():
+    weights, holes = torch.ones(1, 1, 16, 8), torch.zeros(1, 8, 8, dtype=torch.bool)
+    with pytest.raises(ValueError, match="outside the hole"):
+        outside_hole_weights(weights, holes, torch.tensor([True]), 1.5)
+    with pytest.raises(ValueError, match="prompt; query"):
+        outside_hole_weights(torch.ones(1, 1, 8, 8), holes, torch.tensor([True]), 0.5)

@@ -63,6 +63,18 @@ def test_batch_shapes_weights_and_masks(samples):
     assert torch.allclose(gray[SIZE:], torch.from_numpy(samples[1]["query_image"]), atol=1e-6)
 
 
+def test_inpainting_query_outside_its_hole_weighs_as_asked(samples):
+    rngs = [np.random.default_rng(i) for i in range(4)]
+    weights = collate_canvases(samples, rngs, GRID, MaskSampler(GRID), outside_hole_weight=0.25).weights[:, 0]
+    query = weights[2, SIZE:]
+    hole = torch.from_numpy(samples[2]["hole"])
+    assert torch.all(query[hole] == 1.0) and torch.all(query[~hole] == 0.25)
+    assert torch.all(weights[2, :SIZE] == 1.0)  # the prompt half keeps the reference's weight
+    assert torch.all(weights[1] == 1.0) and torch.all(weights[3] == 1.0)  # other image tasks too
+    uniform = collate_canvases(samples, rngs, GRID, MaskSampler(GRID)).weights[:, 0]
+    assert torch.all(uniform[2] == 1.0)
+
+
 def test_label_colors_are_shared_by_prompt_and_query_and_background_is_black(samples):
     batch = collate_canvases(samples[:1], [np.random.default_rng(0)], GRID)
     colors = batch.targets01[0]

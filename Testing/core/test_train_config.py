@@ -39,6 +39,7 @@ def test_unknown_keys_are_named(tmp_path):
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"amp": "fp16"}, "amp must be one of"),
         ({"layer_decay": 0}, "layer_decay"),
+        ({"inpaint_outside_weight": 2.0}, "inpaint_outside_weight must lie in"),
         ({"model_overrides": {"tile_size": 30}}, "multiple of patch_size"),
     ],
 )
