@@ -432,22 +432,27 @@ class Predictor:
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``result`` of :meth:`denoise` blended with the noisy ``volume`` by weights fitted on
         ``pairs`` (:mod:`MVGCore.calibration`); the prompt slices of the volume keep their targets.
-        Each pair is denoised as a one-slice volume with the volume's normalisation and in-plane
-        ``plane`` spacing."""
+
+        The fit and the blend work in the model's units, the volume's normalisation (values outside
+        its window clipped), as the model's answer does: raw targets outside the window (air at
+        -1000 HU under a soft-tissue window) would otherwise drive the fit towards the input, as the
+        model cannot answer there. Each pair is denoised as a one-slice volume in those units, with
+        in-plane ``plane`` spacing."""
         single = {
             **options,
             "calibrate": "off",
             "return_disagreement": False,
-            "window": (in_range.low, in_range.high),  # the volume's normalisation, not the slice's
+            "window": (0.0, 1.0),  # the pairs come normalised by the volume's range
             "spacing": (1.0, *plane),
         }
 
         def denoise_one(image: np.ndarray, others: list[Prompt]) -> np.ndarray:
             return self.denoise(image[None], others, 0, cancel=cancel, **single)[0]
 
-        blend = leave_one_out_blend(denoise_one, pairs)
+        scaled = [Prompt(in_range.normalize(p.image), in_range.normalize(p.target)) for p in pairs]
+        blend = leave_one_out_blend(denoise_one, scaled)
         log.info(
-            "denoise calibration: %.3f x model + %.3f x input + %.4g",
+            "denoise calibration (normalised units): %.3f x model + %.3f x input + %.4g",
             blend.model_weight,
             blend.input_weight,
             blend.offset,
@@ -456,12 +461,11 @@ class Predictor:
         kept = {p.index for p in prompts if p.index is not None}
         for index in range(volume.shape[axis]):
             if index not in kept:
-                put_slice(
-                    out,
-                    axis,
-                    index,
-                    blend.apply(take_slice(out, axis, index), take_slice(volume, axis, index)),
+                blended = blend.apply(
+                    in_range.normalize(take_slice(out, axis, index)),
+                    in_range.normalize(take_slice(volume, axis, index)),
                 )
+                put_slice(out, axis, index, in_range.denormalize(np.clip(blended, 0.0, 1.0)))
         if disagreement is None:
             return out
         return out, (disagreement * abs(blend.model_weight)).astype(disagreement.dtype)

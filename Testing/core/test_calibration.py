@@ -5,6 +5,7 @@ import pytest
 from test_predict import CopyPrompt
 
 from MVGCore.calibration import MIN_HALF, calibration_pairs, fit_blend, leave_one_out_blend
+from MVGCore.intensity import IntensityRange
 from MVGCore.predict import Predictor
 from MVGCore.types import Prompt
 
@@ -90,6 +91,26 @@ def test_blend_beats_both_the_model_and_the_input():
     assert mse(blended) < mse(noisy) and mse(blended) < mse(raw)
     for q in (1, 4, 6):  # the prompt slices keep the user's clean targets
         assert np.array_equal(blended[q], clean[q])
+
+
+def test_blend_is_fitted_in_the_window_the_model_answers_in():
+    """Raw targets far outside the window (air at -1000 HU under a soft-tissue window) must not
+    pull the fit towards the input: the model's answer is clipped there, the blend too."""
+    clean, noisy = _noisy_scene()
+    clean[:, :, :12], noisy[:, :, :12] = -1000.0, -1000.0 + (noisy[:, :, :12] - clean[:, :, :12])
+    window = IntensityRange(-300.0, 700.0)
+    options = {"modality": "CT", "window": (window.low, window.high)}
+    prompts = [Prompt(noisy[q], clean[q], q) for q in (1, 4, 6)]
+    predictor = Predictor(CopyPrompt(), device="cpu")
+    raw = predictor.denoise(noisy, prompts, calibrate="off", **options)
+    blended = predictor.denoise(noisy, prompts, **options)
+    queries = [q for q in range(8) if q not in (1, 4, 6)]
+
+    def mse(volume):  # in the window's [0, 1] units, where the model and the metrics work
+        return float(np.mean((window.normalize(volume[queries]) - window.normalize(clean[queries])) ** 2))
+
+    assert mse(blended) < 0.95 * mse(noisy) and mse(blended) < mse(raw)
+    assert blended[queries].min() >= window.low and blended[queries].max() <= window.high
 
 
 def test_one_prompt_is_calibrated_on_its_halves():
