@@ -485,9 +485,9 @@ class Predictor:
         are the input's. Slices without hole are copied.
 
         Prompts are (image with a hole, complete image) pairs; the hole of an indexed prompt slice
-        is read from ``hole_mask``. Without prompts, ``auto_prompts`` evenly spaced slices that have
-        no hole become prompts: the slice with the hole of the nearest holed slice cut into it ->
-        the slice.
+        is read from ``hole_mask``. Without prompts, the ``auto_prompts`` slices without hole that
+        lie nearest to the holes become prompts: the slice with the hole of the nearest holed slice
+        cut into it -> the slice.
         """
         opts = Options.parse(options)
         volume, axis = _check_volume(image, "image"), check_axis(axis)
@@ -721,7 +721,10 @@ class Predictor:
         spacing: tuple[float, float],
         opts: Options,
     ) -> list[_Example]:
-        """Self-made inpainting prompts: hole-free slices with the nearest real hole cut into them."""
+        """Self-made inpainting prompts: the hole-free slices nearest to the holes, each with the
+        nearest real hole cut into it. Nearest, not evenly spaced: the model fills a hole much from
+        what its prompt shows at the same place, and a structure that spans only the holed slices
+        (the demo's tumour) is missing from far slices."""
         other = tuple(a for a in range(3) if a != axis)
         holed = hole.any(axis=other)
         candidates = np.flatnonzero(~holed).tolist()
@@ -734,7 +737,9 @@ class Predictor:
                 f"{axis} to make prompts from; give prompts instead"
             )
         examples = []
-        for position in evenly_spaced(candidates, opts.auto_prompts):
+        distance = {c: int(np.min(np.abs(with_hole - c))) for c in candidates}
+        nearest = sorted(sorted(candidates, key=lambda c: (distance[c], c))[: opts.auto_prompts])
+        for position in nearest:
             donor = int(with_hole[np.argmin(np.abs(with_hole - position))])
             cut = self._tile(take_slice(hole, axis, donor).astype(np.uint8), True, spacing).astype(bool)
             clean = self._tile(in_range.normalize(take_slice(volume, axis, position)), False, spacing)

@@ -154,6 +154,19 @@ def test_self_made_prompts_for_denoise_and_inpaint():
         predictor.inpaint(volume, np.ones(volume.shape, dtype=bool))
 
 
+def test_self_made_inpainting_prompts_are_the_hole_free_slices_nearest_the_holes():
+    volume, _ = _scene(n=12)
+    hole = np.zeros(volume.shape, dtype=bool)
+    hole[6:8, 10:20, 10:20] = True
+    predictor = Predictor(CopyPrompt(), device="cpu")
+    filled = predictor.inpaint(volume, hole, modality="CT", window=(-1000.0, 1000.0), auto_prompts=2)
+    # prompts at slices 5 and 8 (evenly spaced ones would sit at 0 and 11); the copying model
+    # fills each holed slice from its nearest prompt
+    box = (slice(10, 20), slice(10, 20))
+    assert np.allclose(filled[6][box], volume[5][box], atol=0.05)
+    assert np.allclose(filled[7][box], volume[8][box], atol=0.05)
+
+
 def test_propagation_chains_each_slice_from_its_neighbour():
     volume, label = _scene()
     predictor = Predictor(CopyPrompt(shift=1), device="cpu")
