@@ -341,6 +341,16 @@ def _finite_mean(values: list[float]) -> float:
 # -- the run ---------------------------------------------------------------------------------------
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGINT and SIGTERM to the main process, which finishes the step and
+    writes a checkpoint. A stop sent to the whole process group (Ctrl-C, ``kill -- -PGID``,
+    ``pkill -f``, a scheduler) reaches the workers too: without this, a worker dies of it and the
+    main process fails on the lost worker instead of stopping cleanly. Workers still exit when the
+    loader shuts them down or when the main process dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return nullcontext()
@@ -642,6 +652,7 @@ def _run(
         # A private generator: worker seeding must not draw from the global torch RNG, or a
         # resumed run's drop-path stream would differ from an uninterrupted one.
         generator=torch.Generator().manual_seed(config.seed),
+        worker_init_fn=_ignore_stop_signals,
     )
     from tqdm import tqdm
 

@@ -146,26 +146,34 @@ def test_hard_kill_then_resume_continues_the_loss_sequence_exactly(store, tmp_pa
 
 
 @pytest.mark.slow
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(store, tmp_path):
+@pytest.mark.parametrize("whole_group", [False, True], ids=["process", "process-group"])
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(store, tmp_path, whole_group):
+    """Also when the signal reaches the data loader's worker too (``kill -- -PGID``, a scheduler)."""
     run = tmp_path / "run"
     command = [sys.executable, "-m", "MVGCore.train", "--out", str(run), "--data", str(store)]
-    config = small_config(data=[str(store)], steps=100_000, ckpt_every=100_000, val_fraction=0)
+    config = small_config(
+        data=[str(store)], steps=100_000, ckpt_every=100_000, val_fraction=0, num_workers=int(whole_group)
+    )
     for key, value in config.to_dict().items():
         if key not in ("data", "model_overrides"):
             command += ["--set", f"{key}={json.dumps(value)}"]
     command += ["--set", f"model_overrides={json.dumps(MODEL)}"]
     log = tmp_path / "stderr.txt"
     with open(log, "wb") as stderr:
-        process = subprocess.Popen(command, env=subprocess_env(), stderr=stderr)
+        process = subprocess.Popen(command, env=subprocess_env(), stderr=stderr, start_new_session=True)
         deadline = time.monotonic() + 120
         while not ((run / "metrics.jsonl").is_file() and records(run, "train")):
             started = process.poll() is None and time.monotonic() < deadline
             assert started, f"training did not start: {log.read_text()[-2000:]}"
             time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
+        if whole_group:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.send_signal(signal.SIGTERM)
         process.wait(timeout=120)
     assert process.returncode == 0, log.read_text()[-2000:]
     assert "received SIGTERM" in log.read_text()
+    assert "Traceback" not in log.read_text()  # e.g. "DataLoader worker ... is killed by signal"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_early"] and 1 <= summary["step"] < 100_000
     assert Path(summary["checkpoint"]).name == f"step_{summary['step']:06d}.safetensors"
