@@ -77,13 +77,27 @@ def main() -> None:
         help="model_card.json of the model the first --stage started from (--init): its stages come first",
     )
     parser.add_argument(
+        "--ship-step",
+        type=int,
+        help="ship the last stage's checkpoint of this step instead of its final one (the card says "
+        "it was picked, and on what)",
+    )
+    parser.add_argument(
+        "--picked-by",
+        default="",
+        help="with --ship-step: what the checkpoint was picked by, recorded verbatim in the card",
+    )
+    parser.add_argument(
         "--default-method",
         default="mvg",
         help="the evaluate method that is what users get by default (e.g. mvg or mvg[adapt_steps=20])",
     )
     args = parser.parse_args()
 
-    stages = [describe_stage(Path(run), Path(log), command) for run, log, command in args.stage]
+    if args.ship_step is not None and not args.picked_by:
+        parser.error("--ship-step needs --picked-by (what the checkpoint was chosen on)")
+    stages = [describe_stage(Path(run), Path(log), command) for run, log, command in args.stage[:-1]]
+    stages.append(describe_stage(*(Path(a) for a in args.stage[-1][:2]), args.stage[-1][2], args.ship_step))
     if args.previous_card:
         previous = json.loads(args.previous_card.read_text())
         earlier = [
@@ -103,7 +117,12 @@ def main() -> None:
     ]
     shared = shared_images(records, [stage["train_cases"] for stage in stages])
 
-    model, _ = load_model(summary["checkpoint"])
+    shipped = summary["checkpoint"]
+    if args.ship_step is not None:
+        shipped = final / "checkpoints" / f"step_{args.ship_step:06d}.safetensors"
+        if not shipped.is_file():
+            parser.error(f"--ship-step {args.ship_step}: {shipped} does not exist")
+    model, _ = load_model(shipped)
     card = {
         "name": NAME,
         "preset": model.config.preset,
@@ -210,30 +229,47 @@ def main() -> None:
         "",
         f"- Tiles are {card['tile_size']} px. Segmentation zooms onto the prompts' region"
         ' (`zoom="prompts"`), so a structure that leaves that region between prompt slices is cut off.',
-        f"- The shipped weights are the last checkpoint of stage {len(stages)} (none was picked by its"
-        " validation score); each stage started from the previous one's weights.",
+        shipped_line(len(stages), stages[-1], args.picked_by),
     ]
     (MODELS / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {weights}, model_card.json, MODEL_CARD.md and the Models.json entry")
 
 
-def describe_stage(run: Path, log: Path, command: str) -> dict:
+def describe_stage(run: Path, log: Path, command: str, ship_step: int | None = None) -> dict:
+    """A stage's record; with ``ship_step``, as of that checkpoint (the run itself went on to
+    ``run_steps``, and its wall time is the whole run's)."""
     summary = json.loads((run / "summary.json").read_text())
     config = yaml.safe_load((run / "config.yaml").read_text())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = summary["step"] if ship_step is None else ship_step
     return {
         "command": command,
-        "steps": summary["step"],
+        "steps": steps,
+        "run_steps": summary["step"],
         "schedule_steps": config["steps"],
         "stopped_early": summary["stopped_early"],
         "batch_size": config["batch_size"],
-        "samples_seen": summary["step"] * config["batch_size"] * config.get("grad_accum", 1),
+        "samples_seen": steps * config["batch_size"] * config.get("grad_accum", 1),
         "wall_time_s": wall_seconds(log),
         "date": datetime.fromtimestamp(log.stat().st_mtime).strftime("%Y-%m-%d"),
         "config": config,
-        "validation_history": [r for r in records if r.get("kind") == "val"],
+        "validation_history": [r for r in records if r.get("kind") == "val" and r["step"] <= steps],
         "train_cases": json.loads((run / "split.json").read_text())["train"],
     }
+
+
+def shipped_line(number: int, stage: dict, picked_by: str) -> str:
+    if stage["steps"] == stage.get("run_steps", stage["steps"]):
+        return (
+            f"- The shipped weights are the last checkpoint of stage {number} (none was picked by its"
+            " validation score); each stage started from the previous one's weights."
+        )
+    return (
+        f"- The shipped weights are the step-{stage['steps']} checkpoint of stage {number}, whose run went"
+        f" on to step {stage['run_steps']}; it was picked by {picked_by}. Numbers measured on the cases a"
+        " checkpoint was picked on flatter it by that choice. Each stage started from the previous"
+        " one's weights."
+    )
 
 
 def stage_line(number: int, stage: dict) -> str:
@@ -242,6 +278,8 @@ def stage_line(number: int, stage: dict) -> str:
         if stage["stopped_early"]
         else ""
     )
+    if stage["steps"] != stage.get("run_steps", stage["steps"]):
+        stopped = f"; the step-{stage['steps']} checkpoint of a run of {stage['run_steps']} steps"
     history = stage["validation_history"]
     last_val = history[-1] if history else {}
     if "dice_volume" in last_val:
