@@ -279,7 +279,7 @@ def stage_line(number: int, stage: dict) -> str:
         else ""
     )
     if stage["steps"] != stage.get("run_steps", stage["steps"]):
-        stopped = f"; the step-{stage['steps']} checkpoint of a run of {stage['run_steps']} steps"
+        stopped = f"; the step-{stage['steps']} checkpoint of a {stage['run_steps']}-step run, timed whole"
     history = stage["validation_history"]
     last_val = history[-1] if history else {}
     if "dice_volume" in last_val:
