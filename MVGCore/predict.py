@@ -109,8 +109,8 @@ class Options:
         "fit" shrinks or enlarges each whole slice into one tile.
     calibrate: denoising only: "blend" returns ``a * model + b * input + c`` with the weights
         fitted on the given prompt pairs, leave-one-out (one prompt is cut in two halves;
-        :mod:`MVGCore.calibration`); without given prompts the model's answer is returned.
-        "off": the model's answer.
+        :mod:`MVGCore.calibration`); without given prompts, on recorrupted pairs of the self-made
+        prompt slices (:meth:`Predictor._recorrupted_pairs`). "off": the model's answer.
     adapt_steps: segmentation only: tune a copy of the model for this many steps on pairs made of
         the prompts before predicting (:mod:`MVGCore.adapt`; seeded by ``seed``, learning rate
         ``adapt_lr``); 0 = off. The Predictor's own model is never changed.
@@ -409,14 +409,35 @@ class Predictor:
             )
 
         result = self._image_run(volume, axis, prompts or [], None, in_range, opts, job, progress, cancel)
-        pairs = calibration_pairs(prompts or ()) if opts.calibrate == "blend" else None
-        if pairs is None:
-            if opts.calibrate == "blend" and prompts:
-                log.info(
-                    "denoise: the one prompt is too small to calibrate on; the model's answer is returned"
-                )
+        if opts.calibrate != "blend":
             return result
-        return self._calibrated(result, volume, axis, prompts, pairs, in_range, spacing, options, cancel)
+        if prompts:
+            given = [Prompt(in_range.normalize(p.image), in_range.normalize(p.target)) for p in prompts]
+        else:
+            given = self._recorrupted_pairs(volume, axis, in_range, opts)
+        pairs = calibration_pairs(given)
+        if pairs is None:
+            log.info("denoise: the one prompt is too small to calibrate on; the model's answer is returned")
+            return result
+        return self._calibrated(
+            result, volume, axis, prompts or [], pairs, in_range, spacing, options, cancel
+        )
+
+    def _recorrupted_pairs(
+        self, volume: np.ndarray, axis: int, in_range: IntensityRange, opts: Options
+    ) -> list[Prompt]:
+        """Calibration pairs when no prompt is given, in normalised units: ``(y + n, y - n)`` for the
+        self-made prompt slices ``y``, with Gaussian ``n`` of the level estimated on each. A target
+        ``y`` itself would carry the input's own noise and pull the fit onto the input; with
+        ``y - n`` the two noises are uncorrelated, so the least-squares fit aims at the clean image
+        (recorrupted-to-recorrupted, Pang et al., CVPR 2021)."""
+        rng = np.random.default_rng([opts.seed, 1])  # not the self-made prompts' own noise
+        pairs = []
+        for position in evenly_spaced(list(range(volume.shape[axis])), opts.auto_prompts):
+            plane = in_range.normalize(take_slice(volume, axis, position))
+            noise = rng.normal(0.0, _noise_level(plane), plane.shape).astype(np.float32)
+            pairs.append(Prompt(np.clip(plane + noise, 0.0, 1.0), np.clip(plane - noise, 0.0, 1.0)))
+        return pairs
 
     def _calibrated(
         self,
@@ -433,11 +454,11 @@ class Predictor:
         """``result`` of :meth:`denoise` blended with the noisy ``volume`` by weights fitted on
         ``pairs`` (:mod:`MVGCore.calibration`); the prompt slices of the volume keep their targets.
 
-        The fit and the blend work in the model's units, the volume's normalisation (values outside
-        its window clipped), as the model's answer does: raw targets outside the window (air at
-        -1000 HU under a soft-tissue window) would otherwise drive the fit towards the input, as the
-        model cannot answer there. Each pair is denoised as a one-slice volume in those units, with
-        in-plane ``plane`` spacing."""
+        ``pairs`` are in the model's units, the volume's normalisation (values outside its window
+        clipped), and so are the fit and the blend, as the model's answer is: raw targets outside
+        the window (air at -1000 HU under a soft-tissue window) would otherwise drive the fit
+        towards the input, as the model cannot answer there. Each pair is denoised as a one-slice
+        volume in those units, with in-plane ``plane`` spacing."""
         single = {
             **options,
             "calibrate": "off",
@@ -449,8 +470,7 @@ class Predictor:
         def denoise_one(image: np.ndarray, others: list[Prompt]) -> np.ndarray:
             return self.denoise(image[None], others, 0, cancel=cancel, **single)[0]
 
-        scaled = [Prompt(in_range.normalize(p.image), in_range.normalize(p.target)) for p in pairs]
-        blend = leave_one_out_blend(denoise_one, scaled)
+        blend = leave_one_out_blend(denoise_one, pairs)
         log.info(
             "denoise calibration (normalised units): %.3f x model + %.3f x input + %.4g",
             blend.model_weight,
@@ -694,8 +714,6 @@ class Predictor:
         opts: Options,
     ) -> list[_Example]:
         """Self-made denoising prompts: noise of the level estimated on the tile's content is added to it."""
-        from skimage.restoration import estimate_sigma
-
         from .degrade import gaussian
 
         rng = np.random.default_rng(opts.seed)
@@ -704,11 +722,10 @@ class Predictor:
             clean = self._tile(in_range.normalize(take_slice(volume, axis, position)), False, spacing)
             r, c = fit.offset
             content = clean[r : r + fit.content[0], c : c + fit.content[1]]
-            # A constant slice has no noise to estimate (NaN): the floor is used, as for 1-pixel sides.
-            sigma = float(estimate_sigma(content)) if min(content.shape) > 1 else MIN_AUTO_NOISE
-            sigma = max(sigma, MIN_AUTO_NOISE) if np.isfinite(sigma) else MIN_AUTO_NOISE
             noisy = np.zeros_like(clean)
-            noisy[r : r + fit.content[0], c : c + fit.content[1]] = gaussian(content, sigma, rng)
+            noisy[r : r + fit.content[0], c : c + fit.content[1]] = gaussian(
+                content, _noise_level(content), rng
+            )
             examples.append(_Example(noisy, clean, position))
         return examples
 
@@ -967,6 +984,16 @@ def _prompt_tiles(prompt: Prompt, plan: tiling.TilePlan) -> tuple[np.ndarray, np
     image = tiling.extract(prompt.image, plan, fill=float(np.min(prompt.image)))
     target = tiling.extract(prompt.target, plan, fill=np.min(prompt.target))
     return image, target
+
+
+def _noise_level(plane: np.ndarray) -> float:
+    """The Gaussian noise level of a [0, 1] plane (skimage ``estimate_sigma``), at least
+    ``MIN_AUTO_NOISE``; a constant plane has none to estimate (NaN), nor has a 1-pixel side: the
+    floor is used."""
+    from skimage.restoration import estimate_sigma
+
+    sigma = float(estimate_sigma(plane)) if min(plane.shape) > 1 else MIN_AUTO_NOISE
+    return max(sigma, MIN_AUTO_NOISE) if np.isfinite(sigma) else MIN_AUTO_NOISE
 
 
 def _resolve_device(device: str) -> str:

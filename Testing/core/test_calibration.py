@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from test_predict import CopyPrompt
 
 from MVGCore.calibration import MIN_HALF, calibration_pairs, fit_blend, leave_one_out_blend
@@ -111,6 +112,31 @@ def test_blend_is_fitted_in_the_window_the_model_answers_in():
 
     assert mse(blended) < 0.95 * mse(noisy) and mse(blended) < mse(raw)
     assert blended[queries].min() >= window.low and blended[queries].max() <= window.high
+
+
+class Flat(CopyPrompt):
+    """Answers a flat grey whatever it is shown: a useless denoiser."""
+
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False):
+        return torch.zeros_like(super().forward(images, targets, mask, ensemble_k, query_only))
+
+
+def test_without_prompts_the_blend_is_fitted_on_recorrupted_self_made_pairs():
+    clean, noisy = _noisy_scene()
+    predictor = Predictor(Flat(), device="cpu")
+    raw = predictor.denoise(noisy, calibrate="off", **WINDOW)
+    blended = predictor.denoise(noisy, **WINDOW)
+
+    def mse(volume):
+        return float(np.mean((volume - clean) ** 2))
+
+    # the flat answer is useless: the fit must fall back on the input, not on the grey
+    assert mse(blended) < 0.2 * mse(raw)
+    assert mse(blended) < 1.1 * mse(noisy)
+    again = predictor.denoise(noisy, **WINDOW)
+    assert np.array_equal(blended, again)  # the recorrupting noise comes from the seed
+    other = predictor.denoise(noisy, seed=1, **WINDOW)
+    assert not np.array_equal(blended, other)
 
 
 def test_one_prompt_is_calibrated_on_its_halves():
