@@ -34,7 +34,7 @@ import torch
 from . import cli, tiling, zoom
 from .adapt import DEFAULT_LR as ADAPT_LR
 from .adapt import AdaptSettings, adapt
-from .calibration import CALIBRATIONS, calibration_pairs, leave_one_out_blend
+from .calibration import CALIBRATIONS, MIN_HALF, calibration_pairs, leave_one_out_blend
 from .canvas import (
     TileFit,
     build_canvases,
@@ -417,7 +417,11 @@ class Predictor:
             given = self._recorrupted_pairs(volume, axis, in_range, opts)
         pairs = calibration_pairs(given)
         if pairs is None:
-            log.info("denoise: the one prompt is too small to calibrate on; the model's answer is returned")
+            log.info(
+                "denoise: too little image to calibrate on (one prompt or slice under %d px per "
+                "half); the model's answer is returned",
+                MIN_HALF,
+            )
             return result
         return self._calibrated(
             result, volume, axis, prompts or [], pairs, in_range, spacing, options, cancel
