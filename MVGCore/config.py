@@ -48,6 +48,11 @@ class MVGConfig:
     """Add to the decoder's pixel features, at each query pixel, the prompt tile's image and target
     pixels at the same place (a 3x3 convolution), so that the decoder (and ``copy_gates``) can tell
     pixel by pixel where the query still looks like the prompt. Off in the presets."""
+    refine_layers: int = 0
+    """Hidden 3x3 convolutions of a residual pixel refiner after the output (0 = none). It reads the
+    decoder's pixel features, the output and the image canvas, and adds a correction, so local work
+    (denoising) sees the input ``refine_layers + 3`` pixels each way at 1:1 rather than through
+    two 3x3 convolutions and 16 px tokens. Starts as a no-op (last convolution zero). Off in the presets."""
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +72,11 @@ class MVGConfig:
                 problems.append(
                     f"feature block {b} must lie in [merge_index={self.merge_index}, depth={self.depth})"
                 )
+        if not 0 <= self.refine_layers <= self.patch_size - 2:
+            # query_only decoding gives the convolutions one token row of context above the query.
+            problems.append(
+                f"refine_layers {self.refine_layers} must lie in [0, patch_size - 2 = {self.patch_size - 2}]"
+            )
         if self.window_blocks and self.window_size <= 0:
             problems.append("window_blocks are set but window_size is not positive")
         for b in self.window_blocks:

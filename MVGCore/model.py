@@ -19,9 +19,9 @@ from torch.utils.checkpoint import checkpoint
 from MVGCore.config import MVGConfig
 
 LAYER_NORM_EPS = 1e-6
-OPTIONAL_MODULES = ("decoder_skip", "decoder_gates", "decoder_carry")
-"""Modules a config option adds (None when off); they start as a no-op, so weights of a model
-without them initialise the rest (``--init``)."""
+OPTIONAL_MODULES = ("decoder_skip", "decoder_gates", "decoder_carry", "decoder_refine")
+"""Modules a config option adds (None when off); they start as a no-op (their last layer is zero),
+so weights of a model without them initialise the rest (``--init``)."""
 ATTENTION_MODES = ("bias", "folded")
 """How the relative position bias enters SDPA: as an ``attn_mask`` ("bias", the reference), or
 folded into extra query/key channels ("folded": the same numbers without a mask, so GPUs can use
@@ -194,6 +194,7 @@ class MVGModel(nn.Module):
         self.decoder_gates = (
             nn.Conv2d(config.decoder_dim, 2 * config.in_chans, kernel_size=1) if config.copy_gates else None
         )
+        self.decoder_refine = _refiner(config) if config.refine_layers else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -211,8 +212,9 @@ class MVGModel(nn.Module):
         for name in OPTIONAL_MODULES:  # start as the model without them
             optional = getattr(self, name)
             if optional is not None:
-                nn.init.zeros_(optional.weight)
-                nn.init.zeros_(optional.bias)
+                last = optional[-1] if isinstance(optional, nn.Sequential) else optional
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     def grid_pos_embed(self, rows: int, cols: int) -> torch.Tensor:
         grid = self.config.pos_embed_grid
@@ -323,19 +325,35 @@ class MVGModel(nn.Module):
             if images is None:
                 raise ValueError("a pixel_skip model decodes with the image canvas' pixels; pass images")
             x = x + self.decoder_skip(images.to(x.dtype))
-        if self.decoder_gates is None and self.decoder_carry is None:
-            return self.decoder_pred(x)
-        if images is None or carried is None:
-            raise ValueError("copy_gates and carry_prompt models decode with images and carried; pass both")
-        carried = carried.to(x.dtype)
+        if self.decoder_refine is not None and images is None:
+            raise ValueError("a refine_layers model decodes with the image canvas' pixels; pass images")
+        if self.decoder_gates is not None or self.decoder_carry is not None:
+            if images is None or carried is None:
+                raise ValueError(
+                    "copy_gates and carry_prompt models decode with images and carried; pass both"
+                )
+            carried = carried.to(x.dtype)
         if self.decoder_carry is not None:
             x = x + self.decoder_carry(carried)
-        if self.decoder_gates is None:
-            return self.decoder_pred(x)
         hidden = self.decoder_pred[:-1](x)
-        image_gate, prompt_gate = self.decoder_gates(hidden).chunk(2, dim=1)
-        prompt_target = carried[:, images.shape[1] :]
-        return self.decoder_pred[-1](hidden) + image_gate * images.to(x.dtype) + prompt_gate * prompt_target
+        out = self.decoder_pred[-1](hidden)
+        if self.decoder_gates is not None:
+            image_gate, prompt_gate = self.decoder_gates(hidden).chunk(2, dim=1)
+            prompt_target = carried[:, images.shape[1] :]
+            out = out + image_gate * images.to(x.dtype) + prompt_gate * prompt_target
+        if self.decoder_refine is not None:
+            out = out + self.decoder_refine(torch.cat([hidden, out, images.to(x.dtype)], dim=1))
+        return out
+
+
+def _refiner(config: MVGConfig) -> nn.Sequential:
+    """``refine_layers`` GELU 3x3 convolutions of ``decoder_dim`` channels over (decoder pixel
+    features, output, image), then a 3x3 convolution to the output's channels."""
+    width, chans = config.decoder_dim, config.in_chans
+    layers: list[nn.Module] = []
+    for index in range(config.refine_layers):
+        layers += [nn.Conv2d(width + 2 * chans if index == 0 else width, width, 3, padding=1), nn.GELU()]
+    return nn.Sequential(*layers, nn.Conv2d(width, chans, 3, padding=1))
 
 
 def build_model(config: MVGConfig) -> MVGModel:

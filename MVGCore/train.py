@@ -563,17 +563,29 @@ def train(
             dist.destroy_process_group()
 
 
-def _check_lr_scales(config: TrainConfig, model_config: MVGConfig) -> None:
-    """Refuse ``lr_scales`` naming a module the model lacks, before any data is read (the model is
-    built on the meta device: no memory, no time)."""
+def _check_module_names(config: TrainConfig, model_config: MVGConfig) -> None:
+    """Refuse ``lr_scales`` or ``train_modules`` naming a module the model lacks, before any data is
+    read (the model is built on the meta device: no memory, no time)."""
     with torch.device("meta"):
         modules = dict(MVGModel(model_config).named_children())
-    unknown = sorted(m for m in config.lr_scales if m not in modules)
-    if unknown:
-        raise ValueError(
-            f"lr_scales names {unknown}, which model {config.model!r} does not have "
-            f"(or has switched off); its modules are {sorted(modules)}"
-        )
+    for option, names in (("lr_scales", config.lr_scales), ("train_modules", config.train_modules)):
+        unknown = sorted(m for m in names if m not in modules)
+        if unknown:
+            raise ValueError(
+                f"{option} names {unknown}, which model {config.model!r} does not have "
+                f"(or has switched off); its modules are {sorted(modules)}"
+            )
+
+
+def _freeze_all_but(model: MVGModel, train_modules: list[str]) -> None:
+    """With ``train_modules`` set, only their weights train: a module added to a trained model (a
+    refiner) then learns without moving what the rest already does well, and the backward pass
+    stops where the first trained module reads the frozen ones."""
+    if not train_modules:
+        return
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.split(".")[0] in train_modules)
+    log.info("training only %s; every other weight is frozen", sorted(train_modules))
 
 
 def _run(
@@ -586,7 +598,7 @@ def _run(
 ) -> dict[str, Any]:
     torch.use_deterministic_algorithms(config.deterministic)
     model_config = config.model_config()
-    _check_lr_scales(config, model_config)
+    _check_module_names(config, model_config)
     store = prepare_store(config, out, env)
     if store.tile_size < model_config.tile_size:
         raise ValueError(
@@ -612,6 +624,7 @@ def _run(
     model = MVGModel(model_config).to(env.device)
     if not resume:  # a resumed run takes every weight from its checkpoint
         _initialise(model, config)
+    _freeze_all_but(model, config.train_modules)
     optimizer = build_optimizer(
         model, config.lr, config.weight_decay, config.layer_decay, tuple(config.betas), config.lr_scales
     )

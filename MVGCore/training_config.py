@@ -64,6 +64,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     layer_decay: float = 0.8
     lr_scales: dict[str, float] = field(default_factory=dict)
+    train_modules: list[str] = field(default_factory=list)
     clip_grad: float = 0.0
     amp: str = "auto"
     num_workers: int = 2

@@ -403,7 +403,7 @@ def test_resume_with_steps_not_above_the_reached_step_is_refused(tmp_path):
         train(config, run, resume=True)
 
 
-def test_lr_scales_for_a_module_the_model_lacks_is_refused_before_reading_data(tmp_path):
+def test_lr_scales_or_train_modules_for_a_module_the_model_lacks_is_refused_before_reading_data(tmp_path):
     from MVGCore.train import train
     from MVGCore.training_config import load_config
 
@@ -412,6 +412,9 @@ def test_lr_scales_for_a_module_the_model_lacks_is_refused_before_reading_data(t
         train(load_config(None, overrides), tmp_path / "run")  # not "nowhere": no data was read
     with pytest.raises(ValueError, match=r"lr_scales\['decoder_gates'\] must be a positive number"):
         load_config(None, {**overrides, "lr_scales": {"decoder_gates": 0}})
+    frozen = {"data": [str(tmp_path / "nowhere")], "train_modules": ["decoder_refine"]}
+    with pytest.raises(ValueError, match=r"train_modules names \['decoder_refine'\].*switched off"):
+        train(load_config(None, frozen), tmp_path / "run")
 
 
 def test_a_failed_start_does_not_block_its_retry(tmp_path):

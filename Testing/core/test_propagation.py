@@ -201,16 +201,23 @@ def test_large_and_non_contiguous_label_ids_segment_like_one_to_n(checkpoint):
 
 
 @pytest.mark.parametrize(
-    "option, module",
-    [("pixel_skip", "decoder_skip"), ("copy_gates", "decoder_gates"), ("carry_prompt", "decoder_carry")],
+    "option, value, module",
+    [
+        ("pixel_skip", True, "decoder_skip"),
+        ("copy_gates", True, "decoder_gates"),
+        ("carry_prompt", True, "decoder_carry"),
+        ("refine_layers", 2, "decoder_refine"),
+        ("refine_layers", 14, "decoder_refine"),  # the most query-only decoding has context for
+    ],
 )
-def test_a_pixel_path_starts_as_the_model_without_it_and_loads_its_weights(checkpoint, option, module):
+def test_a_pixel_path_starts_as_the_model_without_it_and_loads_its_weights(checkpoint, option, value, module):
     config = load_model(checkpoint)[0].config
     torch.manual_seed(0)
     plain = MVGModel(config).eval()
-    extra = MVGModel(config.replace(**{option: True})).eval()
+    extra = MVGModel(config.replace(**{option: value})).eval()
     missing, unexpected = extra.load_state_dict(plain.state_dict(), strict=False)
-    assert sorted(missing) == [f"{module}.bias", f"{module}.weight"] and not unexpected
+    added = sorted(name for name, _ in extra.named_parameters() if name.startswith(f"{module}."))
+    assert sorted(missing) == added and added and not unexpected
     images, targets = torch.randn(2, 3, 64, 32), torch.randn(2, 3, 64, 32)
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, 4:] = True
@@ -219,10 +226,16 @@ def test_a_pixel_path_starts_as_the_model_without_it_and_loads_its_weights(check
         assert torch.equal(
             plain(images, targets, mask, query_only=True), extra(images, targets, mask, query_only=True)
         )
-        torch.nn.init.normal_(getattr(extra, module).weight)
+        for parameter in getattr(extra, module).parameters():
+            torch.nn.init.normal_(parameter, std=0.3)
         full, query = extra(images, targets, mask), extra(images, targets, mask, query_only=True)
         assert not torch.equal(full, plain(images, targets, mask))
         torch.testing.assert_close(full[..., 32:, :], query)  # query-only decoding sees the same pixels
+
+
+def test_a_refiner_deeper_than_query_only_decoding_has_context_for_is_refused():
+    with pytest.raises(ValueError, match="refine_layers 15 must lie in"):
+        config_for("tiny", refine_layers=15)
 
 
 def test_copy_gates_return_the_query_image_or_the_prompt_label_exactly_and_never_read_the_query_target(

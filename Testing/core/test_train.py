@@ -107,6 +107,30 @@ def test_init_starts_from_the_checkpoint_weights(store, tmp_path):
 
 
 @pytest.mark.slow
+def test_train_modules_trains_only_them_on_top_of_init_weights(store, tmp_path):
+    first = train(small_config(data=[str(store)], steps=2), tmp_path / "a")
+    overrides = {**MODEL, "refine_layers": 2}
+    config = small_config(
+        data=[str(store)],
+        steps=4,
+        init=first["checkpoint"],
+        model_overrides=overrides,
+        train_modules=["decoder_refine"],
+    )
+    summary = train(config, tmp_path / "b")
+    before = load_model(first["checkpoint"])[0].state_dict()
+    after = load_model(summary["checkpoint"])[0].state_dict()
+    moved = sorted(
+        {
+            name.split(".")[0]
+            for name in after
+            if name not in before or not torch.equal(after[name], before[name])
+        }
+    )
+    assert moved == ["decoder_refine"]
+
+
+@pytest.mark.slow
 def test_hard_kill_then_resume_continues_the_loss_sequence_exactly(store, tmp_path):
     n = 4
     config = small_config(data=[str(store)], steps=2 * n, ckpt_every=n, val_every=n)
