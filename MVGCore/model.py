@@ -194,7 +194,7 @@ class MVGModel(nn.Module):
         self.decoder_gates = (
             nn.Conv2d(config.decoder_dim, 2 * config.in_chans, kernel_size=1) if config.copy_gates else None
         )
-        self.decoder_refine = _refiner(config) if config.refine_layers else None
+        self.decoder_refine = Refiner(config) if config.refine_layers else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -212,7 +212,7 @@ class MVGModel(nn.Module):
         for name in OPTIONAL_MODULES:  # start as the model without them
             optional = getattr(self, name)
             if optional is not None:
-                last = optional[-1] if isinstance(optional, nn.Sequential) else optional
+                last = optional.out if isinstance(optional, Refiner) else optional
                 nn.init.zeros_(last.weight)
                 nn.init.zeros_(last.bias)
 
@@ -346,14 +346,27 @@ class MVGModel(nn.Module):
         return out
 
 
-def _refiner(config: MVGConfig) -> nn.Sequential:
-    """``refine_layers`` GELU 3x3 convolutions of ``decoder_dim`` channels over (decoder pixel
-    features, output, image), then a 3x3 convolution to the output's channels."""
-    width, chans = config.decoder_dim, config.in_chans
-    layers: list[nn.Module] = []
-    for index in range(config.refine_layers):
-        layers += [nn.Conv2d(width + 2 * chans if index == 0 else width, width, 3, padding=1), nn.GELU()]
-    return nn.Sequential(*layers, nn.Conv2d(width, chans, 3, padding=1))
+class Refiner(nn.Module):
+    """``refine_layers`` pre-activation residual 3x3 convolutions of ``decoder_dim`` channels over
+    (decoder pixel features, output, image), then a 3x3 convolution to the output's channels (zero
+    at the start: a no-op). Residual, so the first convolution's linear view of the output and the
+    image reaches the last one undiluted: a plain stack of GELU convolutions shrinks it layer by
+    layer, and learning to return the image where the output lost contrast took hundreds of steps."""
+
+    def __init__(self, config: MVGConfig) -> None:
+        super().__init__()
+        width, chans = config.decoder_dim, config.in_chans
+        self.inp = nn.Conv2d(width + 2 * chans, width, 3, padding=1)
+        self.layers = nn.ModuleList(
+            nn.Conv2d(width, width, 3, padding=1) for _ in range(config.refine_layers - 1)
+        )
+        self.out = nn.Conv2d(width, chans, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.inp(x)
+        for layer in self.layers:
+            x = x + layer(F.gelu(x))
+        return self.out(F.gelu(x))
 
 
 def build_model(config: MVGConfig) -> MVGModel:
