@@ -315,7 +315,8 @@ class MVGModel(nn.Module):
         ``images`` (B, 3, rows*p, cols*p) are the image canvas' pixels on the same grid, which
         ``pixel_skip`` models add to the pixel features and ``copy_gates`` models copy through their
         gates; ``carried`` is :meth:`carried_prompt` on that grid, whose target ``copy_gates`` copy
-        and which ``carry_prompt`` models add to the pixel features."""
+        and which ``carry_prompt`` models add to the pixel features. ``refine_layers`` models then
+        add their :class:`Refiner`'s correction, read from the pixel features, output and images."""
         batch, rows, cols, _ = features.shape
         patch, channels = self.config.patch_size, self.config.decoder_dim
         x = self.decoder_embed(features).reshape(batch, rows, cols, patch, patch, channels)
