@@ -128,6 +128,8 @@ def test_train_modules_trains_only_them_on_top_of_init_weights(store, tmp_path):
         }
     )
     assert moved == ["decoder_refine"]
+    # The refiner's last convolution starts at zero: non-zero now means it really trained.
+    assert after["decoder_refine.out.weight"].abs().sum() > 0
 
 
 @pytest.mark.slow
