@@ -96,7 +96,7 @@ def adapt(
             rngs = [np.random.default_rng([settings.seed, step, b]) for b in range(settings.batch_size)]
             samples = [prompt_pairs(examples, settings, rng) for rng in rngs]
             batch = collate_canvases(samples, rngs, grid).to(device)
-            pred = tuned(batch.images, batch.targets, batch.mask)
+            pred = tuned(batch.images, batch.targets, batch.mask, tasks=batch.tasks)
             loss = mvg_loss(pred, batch.targets, batch.targets01, batch.mask, batch.weights, grid, patch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

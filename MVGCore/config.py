@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .types import TASKS
+
 
 @dataclass(frozen=True)
 class MVGConfig:
@@ -53,11 +55,16 @@ class MVGConfig:
     decoder's pixel features, the output and the image canvas, and adds a correction, so local work
     (denoising) sees the input ``refine_layers + 3`` pixels each way at 1:1 rather than through
     two 3x3 convolutions and 16 px tokens. Starts as a no-op (last convolution zero). Off in the presets."""
+    refine_tasks: tuple[str, ...] = TASKS
+    """The tasks whose samples get the refiner's correction, in training and at inference; the
+    others decode exactly as the model without it. A refiner taught denoising makes holes and labels
+    worse, so a model can keep it to ``("denoise",)``."""
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feature_blocks", tuple(int(b) for b in self.feature_blocks))
         object.__setattr__(self, "window_blocks", tuple(int(b) for b in self.window_blocks))
+        object.__setattr__(self, "refine_tasks", tuple(str(t) for t in self.refine_tasks))
         problems = []
         if self.tile_size % self.patch_size:
             problems.append(f"tile_size {self.tile_size} must be a multiple of patch_size {self.patch_size}")
@@ -77,6 +84,11 @@ class MVGConfig:
             problems.append(
                 f"refine_layers {self.refine_layers} must lie in [0, patch_size - 2 = {self.patch_size - 2}]"
             )
+        unknown_tasks = sorted(set(self.refine_tasks) - set(TASKS))
+        if unknown_tasks or not self.refine_tasks:
+            problems.append(
+                f"refine_tasks {list(self.refine_tasks)} must be a non-empty subset of {list(TASKS)}"
+            )
         if self.window_blocks and self.window_size <= 0:
             problems.append("window_blocks are set but window_size is not positive")
         for b in self.window_blocks:
@@ -95,6 +107,7 @@ class MVGConfig:
         data = dataclasses.asdict(self)
         data["feature_blocks"] = list(self.feature_blocks)
         data["window_blocks"] = list(self.window_blocks)
+        data["refine_tasks"] = list(self.refine_tasks)
         return data
 
     @classmethod

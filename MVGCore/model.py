@@ -9,6 +9,8 @@ tells the streams apart. The streams run separately up to ``merge_index`` and ar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
@@ -17,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from MVGCore.config import MVGConfig
+from MVGCore.types import TASKS
 
 LAYER_NORM_EPS = 1e-6
 OPTIONAL_MODULES = ("decoder_skip", "decoder_gates", "decoder_carry", "decoder_refine")
@@ -255,6 +258,7 @@ class MVGModel(nn.Module):
         mask: torch.Tensor,
         ensemble_k: int = 1,
         query_only: bool = False,
+        tasks: Sequence[str] | None = None,
     ) -> torch.Tensor:
         """Predict the target canvas.
 
@@ -262,9 +266,12 @@ class MVGModel(nn.Module):
         numbered row-major over the canvas grid. ``ensemble_k`` > 1 enables the feature ensemble:
         consecutive runs of K canvases must share the same query half. ``query_only`` returns just
         the query (bottom) tile, (B, 3, S, S), which is all inference reads: the decoder, most of
-        a small model's cost, then runs on half the canvas.
+        a small model's cost, then runs on half the canvas. ``tasks`` names each canvas' task; a
+        ``refine_layers`` model corrects only those in its ``refine_tasks`` (None: every canvas,
+        allowed only when it refines every task).
         """
         self.check_inputs(images, targets, mask)
+        refine = self.refine_mask(tasks, images.shape[0])
         batch = images.shape[0]
         x = self.patch_embed(images)
         y = self.patch_embed(targets)
@@ -290,14 +297,30 @@ class MVGModel(nn.Module):
         needs_carried = self.decoder_gates is not None or self.decoder_carry is not None
         carried = self.carried_prompt(images, targets) if needs_carried else None
         if not query_only:
-            return self.decode(features, images, carried)
+            return self.decode(features, images, carried, refine)
         # One token row of the prompt half above the query gives the 3x3 conv its context, so the
         # query tile is exactly the bottom half of the full output.
         first = rows // 2 - 1
         patch = self.config.patch_size
         below = slice(first * patch, None)
         carried = None if carried is None else carried[..., below, :]
-        return self.decode(features[:, first:], images[..., below, :], carried)[..., patch:, :]
+        return self.decode(features[:, first:], images[..., below, :], carried, refine)[..., patch:, :]
+
+    def refine_mask(self, tasks: Sequence[str] | None, batch: int) -> torch.Tensor | None:
+        """(B,) booleans: the canvases whose task the refiner corrects; None = all of them."""
+        if self.decoder_refine is None:
+            return None
+        refined = self.config.refine_tasks
+        if tasks is None:
+            if set(refined) != set(TASKS):
+                raise ValueError(f"this model refines only {list(refined)} canvases; pass each canvas' task")
+            return None
+        if len(tasks) != batch:
+            raise ValueError(f"tasks names {len(tasks)} canvases, the batch has {batch}")
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; expected names from {list(TASKS)}")
+        return torch.tensor([task in refined for task in tasks])
 
     @staticmethod
     def carried_prompt(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -308,7 +331,11 @@ class MVGModel(nn.Module):
         return torch.cat([torch.zeros_like(prompt), prompt], dim=-2)
 
     def decode(
-        self, features: torch.Tensor, images: torch.Tensor | None = None, carried: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        images: torch.Tensor | None = None,
+        carried: torch.Tensor | None = None,
+        refine: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token features (B, rows, cols, C) -> pixels (B, 3, rows*p, cols*p). The pixel grid is
         laid out channels-last, the layout the convolutions and LayerNorm2d run fastest in.
@@ -316,7 +343,8 @@ class MVGModel(nn.Module):
         ``pixel_skip`` models add to the pixel features and ``copy_gates`` models copy through their
         gates; ``carried`` is :meth:`carried_prompt` on that grid, whose target ``copy_gates`` copy
         and which ``carry_prompt`` models add to the pixel features. ``refine_layers`` models then
-        add their :class:`Refiner`'s correction, read from the pixel features, output and images."""
+        add their :class:`Refiner`'s correction, read from the pixel features, output and images, to
+        the canvases ``refine`` (B,) marks (None: all)."""
         batch, rows, cols, _ = features.shape
         patch, channels = self.config.patch_size, self.config.decoder_dim
         x = self.decoder_embed(features).reshape(batch, rows, cols, patch, patch, channels)
@@ -342,9 +370,12 @@ class MVGModel(nn.Module):
             image_gate, prompt_gate = self.decoder_gates(hidden).chunk(2, dim=1)
             prompt_target = carried[:, images.shape[1] :]
             out = out + image_gate * images.to(x.dtype) + prompt_gate * prompt_target
-        if self.decoder_refine is not None:
-            out = out + self.decoder_refine(torch.cat([hidden, out, images.to(x.dtype)], dim=1))
-        return out
+        if self.decoder_refine is None or (refine is not None and not bool(refine.any())):
+            return out
+        correction = self.decoder_refine(torch.cat([hidden, out, images.to(x.dtype)], dim=1))
+        if refine is not None:
+            correction = correction * refine.to(correction.device, correction.dtype).view(-1, 1, 1, 1)
+        return out + correction
 
 
 class Refiner(nn.Module):

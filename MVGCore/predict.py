@@ -218,6 +218,8 @@ class _Job:
     kept: dict[int, np.ndarray]
     fit: TileFit
     spacing: tuple[float, float]
+    task: str
+    """The task the model is told per canvas (a refiner corrects only its ``refine_tasks``)."""
     out_dtype: np.dtype = FLOAT32
     out_range: IntensityRange | None = None
     table: np.ndarray | None = None
@@ -368,6 +370,7 @@ class Predictor:
             kept,
             fit,
             spacing,
+            "segment",
             dtype,
             table=color_table(classes, "ordered"),
         )
@@ -398,6 +401,7 @@ class Predictor:
 
         def job(part: np.ndarray, part_prompts: Sequence[Prompt], _: np.ndarray | None) -> _Job:
             return self._image_job(
+                "denoise",
                 part,
                 part_prompts,
                 axis,
@@ -525,6 +529,7 @@ class Predictor:
 
         def job(part: np.ndarray, part_prompts: Sequence[Prompt], part_hole: np.ndarray | None) -> _Job:
             return self._image_job(
+                "inpaint",
                 part,
                 part_prompts,
                 axis,
@@ -567,7 +572,9 @@ class Predictor:
         ranges = [self._prompt_range(p, in_range, opts) for p in prompts]
 
         def job(part: np.ndarray, part_prompts: Sequence[Prompt], _: np.ndarray | None) -> _Job:
-            return self._image_job(part, part_prompts, axis, opts, in_range, ranges, spacing, out_range)
+            return self._image_job(
+                "synthesize", part, part_prompts, axis, opts, in_range, ranges, spacing, out_range
+            )
 
         return self._image_run(volume, axis, prompts, None, in_range, opts, job, progress, cancel)
 
@@ -661,6 +668,7 @@ class Predictor:
 
     def _image_job(
         self,
+        task: str,
         part: np.ndarray,
         part_prompts: Sequence[Prompt],
         axis: int,
@@ -685,7 +693,7 @@ class Predictor:
                 for n, p in enumerate(part_prompts)
             ]
         out = in_range if out_range is None else out_range
-        return _Job(part, axis, opts, in_range, examples, kept, fit, spacing, out_range=out, hole=hole)
+        return _Job(part, axis, opts, in_range, examples, kept, fit, spacing, task, out_range=out, hole=hole)
 
     def _image_example(
         self,
@@ -899,10 +907,10 @@ class Predictor:
             tables=job.table,
         )
         feature = job.options.ensemble == "feature" and k > 1
-        answers = self._forward(canvases, k if feature else 1, job.model)
+        answers = self._forward(canvases, k if feature else 1, job.task, job.model)
         singles = answers
         if feature and job.options.return_disagreement:
-            singles = self._forward(canvases, 1, job.model)
+            singles = self._forward(canvases, 1, job.task, job.model)
         results = []
         for number, (query, chosen) in enumerate(chunk):
             group = answers[number * k : (number + 1) * k]
@@ -910,7 +918,7 @@ class Predictor:
             results.append(self._decode(job, query, chosen, group, single))
         return results
 
-    def _forward(self, canvases, ensemble_k: int, model: MVGModel | None = None) -> torch.Tensor:
+    def _forward(self, canvases, ensemble_k: int, task: str, model: MVGModel | None = None) -> torch.Tensor:
         """Query halves of the predicted target canvases as [0, 1] RGB on the CPU, (B, 3, S, S)."""
         batch = canvases.images.shape[0]
         mask = torch.from_numpy(ar_mask(self.config.grid)).expand(batch, -1)
@@ -930,6 +938,7 @@ class Predictor:
                     mask.to(self.device),
                     ensemble_k=ensemble_k,
                     query_only=True,
+                    tasks=[task] * batch,
                 )
         finally:
             model.train(was_training)

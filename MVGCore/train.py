@@ -279,7 +279,7 @@ def validate(
         for cpu_batch in chunks:
             batch = cpu_batch.to(device)
             with _autocast(device, amp):
-                pred = model(batch.images, batch.targets, batch.mask)
+                pred = model(batch.images, batch.targets, batch.mask, tasks=batch.tasks)
             pred = pred.float()
             loss = mvg_loss(
                 pred, batch.targets, batch.targets01, batch.mask, batch.weights, cfg.grid, cfg.patch_size
@@ -707,7 +707,7 @@ def _run(
                 sync = wrapped.no_sync() if env.world > 1 and not last_micro else nullcontext()
                 with sync:
                     with _autocast(env.device, amp):
-                        pred = wrapped(batch.images, batch.targets, batch.mask)
+                        pred = wrapped(batch.images, batch.targets, batch.mask, tasks=batch.tasks)
                     loss = mvg_loss(
                         pred.float(),
                         batch.targets,

@@ -117,7 +117,7 @@ def test_blend_is_fitted_in_the_window_the_model_answers_in():
 class Flat(CopyPrompt):
     """Answers a flat grey whatever it is shown: a useless denoiser."""
 
-    def forward(self, images, targets, mask, ensemble_k=1, query_only=False):
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
         return torch.zeros_like(super().forward(images, targets, mask, ensemble_k, query_only))
 
 

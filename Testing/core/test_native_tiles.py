@@ -24,7 +24,7 @@ class CopyQuery(MVGModel):
     def __init__(self) -> None:
         super().__init__(_config())
 
-    def forward(self, images, targets, mask, ensemble_k=1, query_only=False):
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
         bottom = images[..., images.shape[-2] // 2 :, :]
         return bottom if query_only else torch.cat([bottom, bottom], dim=-2)
 
@@ -35,7 +35,7 @@ class CopyPromptTarget(MVGModel):
     def __init__(self) -> None:
         super().__init__(_config())
 
-    def forward(self, images, targets, mask, ensemble_k=1, query_only=False):
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
         top = targets[..., : targets.shape[-2] // 2, :]
         return top if query_only else torch.cat([top, top], dim=-2)
 

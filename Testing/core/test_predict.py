@@ -34,7 +34,7 @@ class CopyPrompt(MVGModel):
         super().__init__(tiny_config())
         self.shift, self.fail_above, self.calls = shift, fail_above, []
 
-    def forward(self, images, targets, mask, ensemble_k=1, query_only=False):
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
         self.check_inputs(images, targets, mask)
         self.calls.append((images.shape[0], ensemble_k))
         if self.fail_above is not None and images.shape[0] > self.fail_above:

@@ -139,7 +139,7 @@ class CopyPromptLarge(MVGModel):
             )
         )
 
-    def forward(self, images, targets, mask, ensemble_k=1, query_only=False):
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
         top = targets[..., : targets.shape[-2] // 2, :]
         return top if query_only else torch.cat([top, top], dim=-2)
 
@@ -236,6 +236,60 @@ def test_a_pixel_path_starts_as_the_model_without_it_and_loads_its_weights(check
 def test_a_refiner_deeper_than_query_only_decoding_has_context_for_is_refused():
     with pytest.raises(ValueError, match="refine_layers 15 must lie in"):
         config_for("tiny", refine_layers=15)
+
+
+def _denoise_only_refiner(checkpoint) -> tuple[MVGModel, MVGModel]:
+    """The suite's model, and the same weights plus a denoising-only refiner that is not a no-op."""
+    plain = load_model(checkpoint)[0].eval()
+    config = plain.config.replace(refine_layers=2, refine_tasks=("denoise",))
+    refined = MVGModel(config).eval()
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in refined.decoder_refine.parameters():
+            torch.nn.init.normal_(parameter, std=0.3)
+    return plain, refined
+
+
+def test_a_refiner_corrects_only_the_canvases_of_its_refine_tasks(checkpoint):
+    plain, refined = _denoise_only_refiner(checkpoint)
+    images, targets = torch.randn(3, 3, 64, 32), torch.randn(3, 3, 64, 32)
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    mask[:, 4:] = True
+    tasks = ["segment", "denoise", "inpaint"]
+    with torch.no_grad():
+        before = plain(images, targets, mask, query_only=True)
+        after = refined(images, targets, mask, query_only=True, tasks=tasks)
+        assert torch.equal(after[0], before[0]) and torch.equal(after[2], before[2])
+        assert not torch.equal(after[1], before[1])
+        with pytest.raises(ValueError, match="refines only \\['denoise'\\] canvases; pass each canvas' task"):
+            refined(images, targets, mask)
+        with pytest.raises(ValueError, match="tasks names 2 canvases, the batch has 3"):
+            refined(images, targets, mask, tasks=tasks[:2])
+
+
+def test_the_predictor_tells_the_model_its_task_so_a_denoising_refiner_leaves_other_tasks_alone(checkpoint):
+    plain, refined = (Predictor(model, device="cpu") for model in _denoise_only_refiner(checkpoint))
+    rng = np.random.default_rng(4)
+    volume = rng.normal(0, 1, (4, 32, 32)).astype(np.float32)
+    label = np.zeros((4, 32, 32), np.uint8)
+    label[:, 8:20, 10:24] = 1
+    prompts = [Prompt.from_volume(volume, k, label[k]) for k in (0, 3)]
+    assert np.array_equal(plain.segment(volume, prompts), refined.segment(volume, prompts))
+    hole = np.zeros(volume.shape, bool)
+    hole[:, 12:20, 12:20] = True
+    clean = [Prompt.from_volume(volume, k, volume[k]) for k in (0, 3)]
+    assert np.array_equal(plain.inpaint(volume, hole, clean), refined.inpaint(volume, hole, clean))
+    noisy = volume + rng.normal(0, 0.3, volume.shape).astype(np.float32)
+    pairs = [Prompt.from_volume(noisy, k, volume[k]) for k in (0, 3)]
+    assert not np.array_equal(
+        plain.denoise(noisy, pairs, calibrate="off"), refined.denoise(noisy, pairs, calibrate="off")
+    )
+
+
+def test_refine_tasks_outside_the_four_tasks_are_refused():
+    with pytest.raises(ValueError, match="refine_tasks \\['denoising'\\] must be a non-empty subset"):
+        config_for("tiny", refine_layers=2, refine_tasks=["denoising"])
 
 
 def test_copy_gates_return_the_query_image_or_the_prompt_label_exactly_and_never_read_the_query_target(
