@@ -132,6 +132,15 @@ def test_train_modules_trains_only_them_on_top_of_init_weights(store, tmp_path):
     assert after["decoder_refine.out.weight"].abs().sum() > 0
 
 
+@pytest.mark.parametrize("tasks, trains", [(["segment", "inpaint"], False), (["denoise"], True)])
+def test_a_denoising_refiner_learns_only_from_denoising_samples(store, tmp_path, tasks, trains):
+    overrides = {**MODEL, "refine_layers": 2, "refine_tasks": ["denoise"]}
+    config = small_config(data=[str(store)], steps=3, tasks=tasks, model_overrides=overrides)
+    after = load_model(train(config, tmp_path / "run")["checkpoint"])[0].state_dict()
+    # Its last convolution starts at zero and moves only with a gradient from a refined canvas.
+    assert bool(after["decoder_refine.out.weight"].abs().sum() > 0) is trains
+
+
 @pytest.mark.slow
 def test_hard_kill_then_resume_continues_the_loss_sequence_exactly(store, tmp_path):
     n = 4
