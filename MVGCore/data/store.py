@@ -149,6 +149,7 @@ class StoreWriter:
         source: dict[str, Any] | None = None,
     ) -> StoredCase:
         """Store kept slices: ``images`` (n, C, S, S) in [0, 1], ``label``/``target`` (n, S, S)."""
+        self._check_open()
         n, channels = images.shape[:2]
         where = f"case {case_id!r} of dataset {dataset!r}"
         if n == 0:
@@ -185,7 +186,15 @@ class StoreWriter:
         """Record a slice (or, with ``slice_index=None``, a whole case) left out and why."""
         self.dropped.append({"case_id": case_id, "dataset": dataset, "slice": slice_index, "reason": reason})
 
+    def _check_open(self) -> None:
+        if not hasattr(self, "_arrays"):
+            raise RuntimeError(
+                f"StoreWriter for {self.out} is not open: use it as a context manager "
+                "(with StoreWriter(...) as writer:), which builds the store and commits it"
+            )
+
     def commit(self) -> Path:
+        self._check_open()
         for array in self._arrays.values():
             array.close()
         if not self.cases:

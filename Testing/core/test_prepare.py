@@ -148,3 +148,12 @@ def test_store_refuses_a_foreign_or_damaged_folder(tmp_path):
     with pytest.raises(ValueError, match="images"), StoreWriter(tmp_path / "t", 8, 0) as writer:
         writer.add_case("a", "d", ("MR", "CT"), ("denoise",), np.zeros((1, 1, 8, 8)), (0,), (False,))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the failed store left no folder
+
+
+def test_a_store_writer_used_outside_a_with_block_says_how_to_use_it(tmp_path):
+    writer = StoreWriter(tmp_path / "s", 8, 0)
+    with pytest.raises(RuntimeError, match="is not open: use it as a context manager"):
+        writer.add_case("a", "d", ("MR",), ("denoise",), np.zeros((1, 1, 8, 8)), (0,), (False,))
+    with pytest.raises(RuntimeError, match="is not open"):
+        writer.commit()
+    assert not any(tmp_path.iterdir())  # nothing was made
