@@ -271,8 +271,8 @@ class MVGModel(nn.Module):
         allowed only when it refines every task).
         """
         self.check_inputs(images, targets, mask)
-        refine = self.refine_mask(tasks, images.shape[0])
         batch = images.shape[0]
+        refine = self.refine_mask(tasks, batch)
         x = self.patch_embed(images)
         y = self.patch_embed(targets)
         rows, cols = x.shape[1:3]

@@ -229,7 +229,7 @@ class _Job:
 
     @property
     def segmentation(self) -> bool:
-        return self.table is not None
+        return self.task == "segment"
 
 
 class Predictor:
