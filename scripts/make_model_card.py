@@ -108,7 +108,6 @@ def main() -> None:
     final = Path(args.stage[-1][0])
     summary = json.loads((final / "summary.json").read_text())
     split = json.loads((final / "split.json").read_text())
-    config = yaml.safe_load((final / "config.yaml").read_text())
     reports = [(Path(folder), command) for folder, command in args.eval]
     evaluations = [json.loads((folder / "summary.json").read_text()) for folder, _ in reports]
     tables = [(folder / "summary.md").read_text().strip() for folder, _ in reports]
@@ -128,7 +127,7 @@ def main() -> None:
         "preset": model.config.preset,
         "parameters": sum(p.numel() for p in model.parameters()),
         "tile_size": model.config.tile_size,
-        "tasks": sorted(k for k, v in _task_weights(config["tasks"]).items() if v > 0),
+        "tasks": trained_tasks(stages),
         "data": {
             "store": "python -m MVGCore.prepare --open-samples (real images from pyradiomics, mricron-data, "
             "nilearn, pydicom-data, pydicom; licenses in docs/data.md)",
@@ -293,8 +292,15 @@ def stage_line(number: int, stage: dict) -> str:
             f"Dice on the whole validation volumes (2 prompt slices) at step {history[0]['step']}, the "
             f"weights it started from: {cases(history[0])}; at step {last_val['step']}: {cases(last_val)}"
         )
-    else:
+    elif "dice/segment" in last_val or not history:
         dice = f"last validation Dice during training {last_val.get('dice/segment', float('nan')):.3f}"
+    else:
+        dice = "training-style validation " + "; ".join(
+            f"{key} {history[0][key]:.2f} at step {history[0]['step']} -> {last_val[key]:.2f} at step "
+            f"{last_val['step']}"
+            for key in sorted(last_val)
+            if key.startswith(("psnr/", "dice/")) and key in history[0]
+        )
     return (
         f"{number}. `{stage['command']}`: {stage['steps']} steps of batch {stage['batch_size']} "
         f"({stage['samples_seen']:,} samples{stopped}), {stage['wall_time_s'] / 60:.0f} min, "
@@ -390,6 +396,13 @@ def contamination_lines(shared: dict[str, list[str]]) -> list[str]:
         + "; its numbers are reported apart from the verdict's meaning."
         for case, others in shared.items()
     ]
+
+
+def trained_tasks(stages: list[dict]) -> list[str]:
+    """The tasks any stage trained with a positive weight: a later stage that trains one part of
+    the model on one task (a denoising refiner) leaves the others as the earlier stages taught them."""
+    weights = [_task_weights(stage["config"]["tasks"]) for stage in stages]
+    return sorted({task for stage in weights for task, weight in stage.items() if weight > 0})
 
 
 def _task_weights(tasks) -> dict[str, float]:

@@ -1,0 +1,54 @@
+"""scripts/make_model_card.py's summaries of the training stages: the card must list every task
+the bundled model was taught, and describe a stage that validated on image tasks only."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_model_card.py"
+spec = importlib.util.spec_from_file_location("make_model_card", SCRIPT)
+make_model_card = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_model_card)
+
+
+def _stage(tasks, history) -> dict:
+    return {
+        "command": "python -m MVGCore.train ...",
+        "steps": 1000,
+        "run_steps": 1000,
+        "schedule_steps": 1000,
+        "stopped_early": False,
+        "batch_size": 8,
+        "samples_seen": 8000,
+        "wall_time_s": 1620.0,
+        "date": "2026-12-02",
+        "config": {"tasks": tasks},
+        "validation_history": history,
+    }
+
+
+def test_card_tasks_are_those_of_every_stage_not_only_the_last():
+    stages = [
+        _stage(["segment", "denoise", "inpaint", "synthesize"], []),
+        _stage({"segment": 1.0, "inpaint": 0.0}, []),
+        _stage({"denoise": 1.0}, []),
+    ]
+    assert make_model_card.trained_tasks(stages) == ["denoise", "inpaint", "segment", "synthesize"]
+    assert make_model_card.trained_tasks(stages[1:2]) == ["segment"]
+
+
+def test_a_denoising_only_stage_reports_its_psnr_not_a_missing_dice():
+    history = [
+        {"step": 0, "kind": "val", "psnr/denoise": 24.22, "val_loss": 0.22},
+        {"step": 1000, "kind": "val", "psnr/denoise": 34.66, "val_loss": 0.07},
+    ]
+    line = make_model_card.stage_line(6, _stage({"denoise": 1.0}, history))
+    assert "psnr/denoise 24.22 at step 0 -> 34.66 at step 1000" in line
+    assert "nan" not in line and "Dice" not in line
+
+
+def test_a_segmentation_stage_still_reports_its_dice():
+    history = [{"step": 0, "dice/segment": 0.01}, {"step": 500, "dice/segment": 0.019}]
+    line = make_model_card.stage_line(2, _stage(["segment"], history))
+    assert "last validation Dice during training 0.019" in line
