@@ -52,3 +52,11 @@ def test_a_segmentation_stage_still_reports_its_dice():
     history = [{"step": 0, "dice/segment": 0.01}, {"step": 500, "dice/segment": 0.019}]
     line = make_model_card.stage_line(2, _stage(["segment"], history))
     assert "last validation Dice during training 0.019" in line
+
+
+def test_weights_picked_among_arms_say_so_even_when_they_are_a_run_s_last_checkpoint():
+    stage = _stage({"denoise": 1.0}, [])
+    picked = make_model_card.shipped_line(7, stage, "comparing two arms on the validation cases")
+    assert "picked by comparing two arms on the validation cases" in picked
+    assert "flatter" in picked
+    assert "none was picked" in make_model_card.shipped_line(7, stage, "")

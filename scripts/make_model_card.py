@@ -85,7 +85,8 @@ def main() -> None:
     parser.add_argument(
         "--picked-by",
         default="",
-        help="with --ship-step: what the checkpoint was picked by, recorded verbatim in the card",
+        help="what the shipped weights were picked by (checkpoints or arms compared on which cases), "
+        "recorded verbatim in the card; needed with --ship-step",
     )
     parser.add_argument(
         "--default-method",
@@ -258,16 +259,21 @@ def describe_stage(run: Path, log: Path, command: str, ship_step: int | None = N
 
 
 def shipped_line(number: int, stage: dict, picked_by: str) -> str:
-    if stage["steps"] == stage.get("run_steps", stage["steps"]):
+    flattered = (
+        " Numbers measured on the cases a checkpoint was picked on flatter it by that choice. Each stage"
+        " started from the previous one's weights."
+    )
+    if stage["steps"] != stage.get("run_steps", stage["steps"]):
         return (
-            f"- The shipped weights are the last checkpoint of stage {number} (none was picked by its"
-            " validation score); each stage started from the previous one's weights."
+            f"- The shipped weights are the step-{stage['steps']} checkpoint of stage {number}, whose run"
+            f" went on to step {stage['run_steps']}; it was picked by {picked_by}.{flattered}"
         )
+    if picked_by:
+        last = f"- The shipped weights are the last checkpoint of stage {number}"
+        return f"{last}; it was picked by {picked_by}.{flattered}"
     return (
-        f"- The shipped weights are the step-{stage['steps']} checkpoint of stage {number}, whose run went"
-        f" on to step {stage['run_steps']}; it was picked by {picked_by}. Numbers measured on the cases a"
-        " checkpoint was picked on flatter it by that choice. Each stage started from the previous"
-        " one's weights."
+        f"- The shipped weights are the last checkpoint of stage {number} (none was picked by its"
+        " validation score); each stage started from the previous one's weights."
     )
 
 
