@@ -305,7 +305,7 @@ def stage_line(number: int, stage: dict) -> str:
             f"{key} {history[0][key]:.2f} at step {history[0]['step']} -> {last_val[key]:.2f} at step "
             f"{last_val['step']}"
             for key in sorted(last_val)
-            if key.startswith(("psnr/", "dice/")) and key in history[0]
+            if key.startswith("psnr/") and key in history[0]
         )
     return (
         f"{number}. `{stage['command']}`: {stage['steps']} steps of batch {stage['batch_size']} "
