@@ -588,8 +588,9 @@ def build_methods(
 
     The model is "mvg" when there is one of each, else "mvg-<mode>" and/or "mvg[key=value,...]"
     (``variants`` are extra Predictor options, e.g. ``{"adapt_steps": 30}`` or ``{"zoom": "whole"}``,
-    to compare in one run).
+    to compare in one run). A variant that adapts answers only the tasks adaptation applies to.
     """
+    from .adapt import ADAPT_TASKS
     from .baselines import ClassicalBaseline
 
     for ensemble in ensembles:
@@ -609,7 +610,8 @@ def build_methods(
                 if len(variants) > 1 and variant:
                     name += "[" + ",".join(f"{k}={v}" for k, v in sorted(variant.items())) + "]"
                 options = {"k_prompts": k_prompts, "ensemble": ensemble, **variant}
-                methods.append(Method(name, predictor, options, model=True))
+                tasks = ADAPT_TASKS if variant.get("adapt_steps") else TASKS
+                methods.append(Method(name, predictor, options, model=True, tasks=tasks))
     for name in baselines:
         if name not in BASELINES:
             raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from . import cli, tiling, zoom
+from .adapt import ADAPT_TASKS, IMAGE_MODULES, AdaptSettings, adapt
 from .adapt import DEFAULT_LR as ADAPT_LR
-from .adapt import AdaptSettings, adapt
 from .calibration import CALIBRATIONS, MIN_HALF, calibration_pairs, leave_one_out_blend
 from .canvas import (
     TileFit,
@@ -111,9 +111,12 @@ class Options:
         fitted on the given prompt pairs, leave-one-out (one prompt is cut in two halves;
         :mod:`MVGCore.calibration`); without given prompts, on recorrupted pairs of the self-made
         prompt slices (:meth:`Predictor._recorrupted_pairs`). "off": the model's answer.
-    adapt_steps: segmentation only: tune a copy of the model for this many steps on pairs made of
-        the prompts before predicting (:mod:`MVGCore.adapt`; seeded by ``seed``, learning rate
-        ``adapt_lr``); 0 = off. The Predictor's own model is never changed.
+    adapt_steps: segment and denoise: tune a copy of the model for this many steps on pairs made
+        of the prompts before predicting (:mod:`MVGCore.adapt`; seeded by ``seed``, learning rate
+        ``adapt_lr``); 0 = off. The Predictor's own model is never changed. Denoising adapts on
+        the given (noisy, clean) prompts at native scale (``image_scale="native"``), and the
+        adapted model's answer is returned without the ``calibrate`` blend: both fit the prompts,
+        and a leave-one-out blend would adapt once per prompt.
     """
 
     modality: str = "auto"
@@ -395,6 +398,12 @@ class Predictor:
         """
         opts = Options.parse(options)
         volume, axis = _check_volume(image, "image"), check_axis(axis)
+        if opts.adapt_steps and not prompts:
+            raise ValueError(
+                "option adapt_steps (test-time adaptation) needs (noisy, clean) prompt pairs to denoise"
+            )
+        if opts.adapt_steps and opts.image_scale != "native":
+            raise ValueError('option adapt_steps adapts denoising at native scale; use image_scale="native"')
         in_range = self._input_range(volume, opts)
         spacing = _plane_spacing(opts.spacing, axis)
         ranges = [self._prompt_range(p, in_range, opts) for p in prompts or ()]
@@ -412,8 +421,19 @@ class Predictor:
                 self_made=lambda fit: self._noise_examples(part, axis, in_range, fit, spacing, opts),
             )
 
-        result = self._image_run(volume, axis, prompts or [], None, in_range, opts, job, progress, cancel)
-        if opts.calibrate != "blend":
+        adaptation = None
+        if opts.adapt_steps:
+            settings = AdaptSettings(
+                opts.adapt_steps, opts.adapt_lr, seed=opts.seed, task="denoise", modules=IMAGE_MODULES
+            )
+            adaptation = (
+                settings,
+                [(r.normalize(p.image), r.normalize(p.target)) for p, r in zip(prompts, ranges)],
+            )
+        result = self._image_run(
+            volume, axis, prompts or [], None, in_range, opts, job, progress, cancel, adaptation
+        )
+        if opts.calibrate != "blend" or opts.adapt_steps:
             return result
         if prompts:
             given = [Prompt(in_range.normalize(p.image), in_range.normalize(p.target)) for p in prompts]
@@ -518,6 +538,7 @@ class Predictor:
         cut into it -> the slice.
         """
         opts = Options.parse(options)
+        _check_no_adaptation(opts, "inpaint")
         volume, axis = _check_volume(image, "image"), check_axis(axis)
         hole = np.asarray(hole_mask)
         if hole.shape != volume.shape:
@@ -559,6 +580,7 @@ class Predictor:
         (``target_modality`` / ``target_window``), and the output is mapped back through it.
         """
         opts = Options.parse(options)
+        _check_no_adaptation(opts, "synthesize")
         volume, axis = _check_volume(source, "source"), check_axis(axis)
         prompts = required_prompts(prompts, "synthesize")
         in_range = self._input_range(volume, opts)
@@ -589,6 +611,7 @@ class Predictor:
         make_job: Callable[[np.ndarray, Sequence[Prompt], np.ndarray | None], _Job],
         progress: ProgressFn | None,
         cancel: CancelToken | None,
+        adaptation: tuple[AdaptSettings, list[tuple[np.ndarray, np.ndarray]]] | None = None,
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """An image task on whole slices fitted to the tile ("fit"), or on 1:1 tiles ("native").
 
@@ -596,12 +619,27 @@ class Predictor:
         with the normalisation's low end, which becomes 0), prompts cut at the same position (or,
         for another image's prompt, its tile nearest by relative position); the answers are
         blended back (:mod:`MVGCore.tiling`), so tiles that agree return exactly their values.
+        With ``adaptation`` (settings, (input, output) [0, 1] prompt images), a copy of the model
+        is first tuned on them (:func:`MVGCore.adapt.adapt`) and answers every tile; its steps
+        come first in the progress count.
         """
         if opts.image_scale == "fit":
             return self._run(make_job(volume, prompts, hole), progress, cancel)
         size = self.config.tile_size
         overlap = size // 4 if opts.tile_overlap is None else min(opts.tile_overlap, size - 1)
         plan = tiling.plan_tiles(plane_shape(volume.shape, axis), size, overlap)
+        tuned = None
+        if adaptation is not None and adaptation[0].steps:
+            settings, examples = adaptation
+            loop = SliceLoop(settings.steps + len(plan) * volume.shape[axis], progress, cancel)
+            loop.check()
+
+            def step_done() -> None:
+                loop.advance()
+                loop.check()
+
+            tuned = adapt(self.model, examples, settings, self.device, on_step=step_done)
+            progress = _offset_progress(progress, settings.steps)
         padded = _pad_planes(volume, axis, plan, in_range.low)
         padded_hole = None if hole is None else _pad_planes(hole, axis, plan, False)
         prompt_plans = [
@@ -620,11 +658,9 @@ class Predictor:
             tile_progress = None
             if progress is not None:
                 tile_progress = lambda done, total, n=n: progress(n * total + done, len(plan) * total)  # noqa: E731
-            answer = self._run(
-                make_job(_box_view(padded, axis, row, col, size), part_prompts, part_hole),
-                tile_progress,
-                cancel,
-            )
+            job = make_job(_box_view(padded, axis, row, col, size), part_prompts, part_hole)
+            job.model = tuned
+            answer = self._run(job, tile_progress, cancel)
             parts.append(list(answer) if isinstance(answer, tuple) else [answer])
         results = []
         for which in range(len(parts[0])):
@@ -796,11 +832,11 @@ class Predictor:
             out = np.empty(volume.shape, dtype=job.out_dtype)
         if disagreement is None and opts.return_disagreement:
             disagreement = np.zeros(volume.shape, dtype=np.float32)
-        if opts.adapt_steps and not job.segmentation:
-            raise ValueError("option adapt_steps (test-time adaptation) applies to segment only")
-        # Adaptation steps and slices make one progress count, so a caller sees one bar.
-        loop = SliceLoop(n_slices + opts.adapt_steps, progress, cancel)
-        if opts.adapt_steps:
+        # Segmentation adapts here (image tasks in _image_run, once for all tiles). Adaptation
+        # steps and slices make one progress count, so a caller sees one bar.
+        adapt_steps = opts.adapt_steps if job.segmentation else 0
+        loop = SliceLoop(n_slices + adapt_steps, progress, cancel)
+        if adapt_steps:
             loop.check()
 
             def step_done() -> None:
@@ -973,6 +1009,20 @@ class Predictor:
 
 
 # -------------------------------------------------------------------- helpers
+
+
+def _check_no_adaptation(opts: Options, task: str) -> None:
+    if opts.adapt_steps:
+        raise ValueError(
+            f"option adapt_steps (test-time adaptation) applies to {' and '.join(ADAPT_TASKS)}, not to {task}"
+        )
+
+
+def _offset_progress(progress: ProgressFn | None, before: int) -> ProgressFn | None:
+    """``progress`` of the work that comes after ``before`` finished steps (adaptation's)."""
+    if progress is None or not before:
+        return progress
+    return lambda done, total: progress(before + done, before + total)
 
 
 def _box_view(volume: np.ndarray, axis: int, row: int, col: int, size: int) -> np.ndarray:
@@ -1169,8 +1219,10 @@ def _check_paths(args: argparse.Namespace) -> None:
         check_path_encoding(path, flag)
     if args.hole is not None and args.task != "inpaint":
         raise ValueError(f"--hole is only used by --task inpaint, not by --task {args.task}; leave it out")
-    if args.adapt_steps and args.task != "segment":
-        raise ValueError(f"--adapt-steps is only used by --task segment, not by --task {args.task}")
+    if args.adapt_steps and args.task not in ADAPT_TASKS:
+        raise ValueError(
+            f"--adapt-steps is only used by --task {' and '.join(ADAPT_TASKS)}, not by --task {args.task}"
+        )
     if args.adapt_steps < 0:
         raise ValueError(
             f"--adapt-steps must be 0 (off) or a positive number of steps, got {args.adapt_steps}"
@@ -1311,7 +1363,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--adapt-steps",
         type=int,
         default=0,
-        help="segment: tune a copy of the model on the prompts for this many steps first (0 = off)",
+        help="segment, denoise: tune a copy of the model on the prompts for this many steps first "
+        "(0 = off; denoise: needs prompt pairs and replaces --calibrate blend)",
     )
     parser.add_argument("--disagreement", type=Path, help="also write the per-voxel disagreement map here")
     parser.add_argument("--seed", type=int, default=0, help="seed of self-made prompts (denoise/inpaint)")
@@ -1368,7 +1421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         options.update(image_scale=args.image_scale)
     if args.task == "denoise":
-        options.update(calibrate=args.calibrate)
+        options.update(calibrate=args.calibrate, adapt_steps=args.adapt_steps)
     run: Callable[..., Any]
     if args.task == "inpaint":
         run = lambda **kw: predictor.inpaint(image.array, hole, prompts, args.axis, **kw)  # noqa: E731
