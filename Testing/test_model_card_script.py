@@ -60,3 +60,32 @@ def test_weights_picked_among_arms_say_so_even_when_they_are_a_run_s_last_checkp
     assert "picked by comparing two arms on the validation cases" in picked
     assert "flatter" in picked
     assert "none was picked" in make_model_card.shipped_line(7, stage, "")
+
+
+def test_verdicts_cover_the_cases_a_variant_answered_and_name_the_baselines_ahead():
+    records = [
+        {
+            "dataset": "d",
+            "case": "xr",
+            "task": "denoise",
+            "methods": {
+                "mvg": {"psnr": 35.0},
+                "mvg[adapt_steps=9]": {"psnr": 40.5},
+                "classical": {"psnr": 39.9},
+                "noisy-input": {"psnr": 26.4},
+            },
+        },
+        {
+            "dataset": "d",
+            "case": "xr",
+            "task": "inpaint",
+            "methods": {"mvg": {"psnr_hole": 14.0}, "classical": {"psnr_hole": 8.0}},
+        },
+    ]
+    assert make_model_card.verdicts(records, "mvg") == [
+        "- denoise d/xr: 35.000 does NOT beat classical (ahead of noisy-input)",
+        "- inpaint d/xr: 14.000 beats every baseline",
+    ]
+    assert make_model_card.verdicts(records, "mvg[adapt_steps=9]") == [
+        "- denoise d/xr: 40.500 beats every baseline"
+    ]

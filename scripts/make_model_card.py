@@ -93,6 +93,13 @@ def main() -> None:
         default="mvg",
         help="the evaluate method that is what users get by default (e.g. mvg or mvg[adapt_steps=20])",
     )
+    parser.add_argument(
+        "--verdict-method",
+        action="append",
+        default=[],
+        help="also give the verdict per case of this model variant (e.g. mvg[adapt_steps=1000]), "
+        "on the cases it answered (repeatable)",
+    )
     args = parser.parse_args()
 
     if args.ship_step is not None and not args.picked_by:
@@ -220,6 +227,11 @@ def main() -> None:
         "",
         *verdicts(records, args.default_method),
         "",
+        *(
+            line
+            for method in args.verdict_method
+            for line in (f"Not the default, `{method}`:", "", *verdicts(records, method), "")
+        ),
         "## Limitations",
         "",
         f"Trained for {sum(x['wall_time_s'] for x in stages) / 3600:.1f} hours in all on a 2-core CPU on a",

@@ -150,3 +150,19 @@ def test_denoise_calibration_flag(tmp_path, checkpoint):
         assert np.array_equal(outputs["blend"][index], clean[index])
     with pytest.raises(SystemExit):
         main([*base, "--calibrate", "sometimes", "--output", str(tmp_path / "x.nii.gz")])
+
+
+def test_denoise_adaptation_flag_tunes_on_the_prompt_slices(tmp_path, checkpoint):
+    image_path, _, image, _ = _case(tmp_path, GEOMETRIES["flipped"], 0)
+    clean = (image.astype(np.float32) * 0.5).astype(np.float32)
+    clean_path = write_volume(tmp_path / "clean.nii.gz", Volume(clean, GEOMETRIES["flipped"]))
+    base = ["--checkpoint", str(checkpoint), "--input", str(image_path), "--quiet", "--task", "denoise"]
+    base += ["--prompts", str(clean_path), "--slices", "1,4", "--calibrate", "off"]
+    outputs = {}
+    for steps in ("0", "2"):
+        out = tmp_path / f"den_{steps}.nii.gz"
+        assert main([*base, "--adapt-steps", steps, "--output", str(out)]) == 0
+        outputs[steps] = read_volume(out).array
+    assert not np.array_equal(outputs["0"], outputs["2"])
+    for index in (1, 4):
+        assert np.array_equal(outputs["2"][index], clean[index])
