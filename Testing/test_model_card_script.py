@@ -89,3 +89,10 @@ def test_verdicts_cover_the_cases_a_variant_answered_and_name_the_baselines_ahea
     assert make_model_card.verdicts(records, "mvg[adapt_steps=9]") == [
         "- denoise d/xr: 40.500 beats every baseline"
     ]
+
+
+def test_tasks_no_case_scores_are_named_as_unmeasured():
+    records = [{"task": "segment"}, {"task": "denoise"}, {"task": "inpaint"}]
+    lines = make_model_card.unmeasured_lines(["denoise", "inpaint", "segment", "synthesize"], records)
+    assert len(lines) == 1 and lines[0].startswith("- Synthesize is not measured")
+    assert make_model_card.unmeasured_lines(["segment"], records) == []

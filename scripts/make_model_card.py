@@ -242,9 +242,21 @@ def main() -> None:
         f"- Tiles are {card['tile_size']} px. Segmentation zooms onto the prompts' region"
         ' (`zoom="prompts"`), so a structure that leaves that region between prompt slices is cut off.',
         shipped_line(len(stages), stages[-1], args.picked_by),
+        *unmeasured_lines(card["tasks"], records),
     ]
     (MODELS / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {weights}, model_card.json, MODEL_CARD.md and the Models.json entry")
+
+
+def unmeasured_lines(tasks: list[str], records: list[dict]) -> list[str]:
+    """A Limitations line per task the model was trained for that no evaluated case scores."""
+    scored = {r["task"] for r in records}
+    return [
+        f"- {task.capitalize()} is not measured on any validation case of this card: none of the cases"
+        " it evaluates poses it (for synthesis, no open sample here has a paired second modality)."
+        for task in tasks
+        if task not in scored
+    ]
 
 
 def describe_stage(run: Path, log: Path, command: str, ship_step: int | None = None) -> dict:
