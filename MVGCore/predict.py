@@ -632,13 +632,7 @@ class Predictor:
         if adaptation is not None and adaptation[0].steps:
             settings, examples = adaptation
             loop = SliceLoop(settings.steps + len(plan) * volume.shape[axis], progress, cancel)
-            loop.check()
-
-            def step_done() -> None:
-                loop.advance()
-                loop.check()
-
-            tuned = adapt(self.model, examples, settings, self.device, on_step=step_done)
+            tuned = self._adapted(examples, settings, loop)
             progress = _offset_progress(progress, settings.steps)
         padded = _pad_planes(volume, axis, plan, in_range.low)
         padded_hole = None if hole is None else _pad_planes(hole, axis, plan, False)
@@ -837,15 +831,8 @@ class Predictor:
         adapt_steps = opts.adapt_steps if job.segmentation else 0
         loop = SliceLoop(n_slices + adapt_steps, progress, cancel)
         if adapt_steps:
-            loop.check()
-
-            def step_done() -> None:
-                loop.advance()
-                loop.check()
-
             settings = AdaptSettings(opts.adapt_steps, opts.adapt_lr, seed=opts.seed)
-            examples = [(e.image, e.target) for e in job.examples]
-            job.model = adapt(self.model, examples, settings, self.device, on_step=step_done)
+            job.model = self._adapted([(e.image, e.target) for e in job.examples], settings, loop)
         done = 0
         for index, target in job.kept.items():
             put_slice(out, axis, index, np.asarray(target).astype(job.out_dtype, copy=False))
@@ -887,6 +874,19 @@ class Predictor:
                 loop.advance(len(chunk))
                 start += len(chunk)
         return out if disagreement is None else (out, disagreement)
+
+    def _adapted(
+        self, examples: list[tuple[np.ndarray, np.ndarray]], settings: AdaptSettings, loop: SliceLoop
+    ) -> MVGModel:
+        """A copy of the model adapted on ``examples``, each step counted in ``loop`` (whose
+        ``cancel`` is checked before the first step and after every one)."""
+        loop.check()
+
+        def step_done() -> None:
+            loop.advance()
+            loop.check()
+
+        return adapt(self.model, examples, settings, self.device, on_step=step_done)
 
     def _choose(self, job: _Job, query: int, out: np.ndarray) -> list[_Example]:
         """The K prompts for ``query``: nearest by index first, other volumes' prompts after."""
