@@ -22,6 +22,21 @@ def _weights(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _same_weights(before: dict, model) -> bool:
+    after = model.state_dict()
+    return before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _cancel_after_first_step(token: CancelToken):
+    """A progress callback that cancels ``token`` once the first step is done."""
+
+    def progress(done, total):
+        if done == 1:
+            token.cancel()
+
+    return progress
+
+
 def test_adaptation_tunes_a_copy_and_repeats_with_its_seed(checkpoint):
     volume, _, prompts = _scene()
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
@@ -30,8 +45,7 @@ def test_adaptation_tunes_a_copy_and_repeats_with_its_seed(checkpoint):
     first = predictor.segment(volume, prompts, adapt_steps=3, seed=5)
     again = predictor.segment(volume, prompts, adapt_steps=3, seed=5)
     other = predictor.segment(volume, prompts, adapt_steps=3, seed=6)
-    after = _weights(predictor.model)
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert _same_weights(before, predictor.model)
     assert not predictor.model.training  # the loaded model's mode is left as it was
     assert np.array_equal(first, again)
     assert np.array_equal(predictor.segment(volume, prompts), plain)  # adaptation left nothing behind
@@ -48,14 +62,11 @@ def test_adaptation_reports_progress_and_cancels(checkpoint):
     assert seen[-1] == (8, 8) and [d for d, _ in seen] == sorted(d for d, _ in seen)
 
     token = CancelToken()
-
-    def cancel_after_first_step(done, total):
-        if done == 1:
-            token.cancel()
-
     with pytest.raises(Cancelled):
-        predictor.segment(volume, prompts, adapt_steps=5, progress=cancel_after_first_step, cancel=token)
-    assert all(torch.equal(before[k], v) for k, v in predictor.model.state_dict().items())
+        predictor.segment(
+            volume, prompts, adapt_steps=5, progress=_cancel_after_first_step(token), cancel=token
+        )
+    assert _same_weights(before, predictor.model)
 
 
 def test_adaptation_options_are_checked(checkpoint):
@@ -101,21 +112,18 @@ def test_denoising_adaptation_tunes_a_copy_repeats_and_cancels(checkpoint):
         noisy, prompts, adapt_steps=3, seed=5, progress=lambda done, total: seen.append((done, total))
     )
     again = predictor.denoise(noisy, prompts, adapt_steps=3, seed=5)
-    assert all(torch.equal(before[k], v) for k, v in predictor.model.state_dict().items())
+    assert _same_weights(before, predictor.model)
     assert np.array_equal(first, again) and not np.allclose(first, plain)
     assert np.array_equal(predictor.denoise(noisy, prompts, calibrate="off"), plain)
     assert {total for _, total in seen} == {3 + 4 * 5}  # 3 steps, then 4 tiles of 5 slices
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1] == (23, 23)
 
     token = CancelToken()
-
-    def cancel_after_first_step(done, total):
-        if done == 1:
-            token.cancel()
-
     with pytest.raises(Cancelled):
-        predictor.denoise(noisy, prompts, adapt_steps=5, progress=cancel_after_first_step, cancel=token)
-    assert all(torch.equal(before[k], v) for k, v in predictor.model.state_dict().items())
+        predictor.denoise(
+            noisy, prompts, adapt_steps=5, progress=_cancel_after_first_step(token), cancel=token
+        )
+    assert _same_weights(before, predictor.model)
 
 
 def test_denoising_adaptation_trains_only_the_decoder(checkpoint):

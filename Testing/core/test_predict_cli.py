@@ -134,12 +134,17 @@ def test_cli_errors_name_the_file_and_flag(tmp_path, checkpoint):
         main([*base, "--task", "denoise", "--input", str(tmp_path / "missing.nii.gz")])
 
 
-def test_denoise_calibration_flag(tmp_path, checkpoint):
+def _denoise_with_clean_slices(tmp_path, checkpoint) -> tuple[list[str], np.ndarray]:
+    """Denoise arguments with clean prompt slices 1 and 4 of the case, and that clean volume."""
     image_path, _, image, _ = _case(tmp_path, GEOMETRIES["flipped"], 0)
     clean = (image.astype(np.float32) * 0.5).astype(np.float32)
     clean_path = write_volume(tmp_path / "clean.nii.gz", Volume(clean, GEOMETRIES["flipped"]))
     base = ["--checkpoint", str(checkpoint), "--input", str(image_path), "--quiet", "--task", "denoise"]
-    base += ["--prompts", str(clean_path), "--slices", "1,4"]
+    return [*base, "--prompts", str(clean_path), "--slices", "1,4"], clean
+
+
+def test_denoise_calibration_flag(tmp_path, checkpoint):
+    base, clean = _denoise_with_clean_slices(tmp_path, checkpoint)
     outputs = {}
     for flag in ("blend", "off"):
         out = tmp_path / f"den_{flag}.nii.gz"
@@ -153,11 +158,8 @@ def test_denoise_calibration_flag(tmp_path, checkpoint):
 
 
 def test_denoise_adaptation_flag_tunes_on_the_prompt_slices(tmp_path, checkpoint):
-    image_path, _, image, _ = _case(tmp_path, GEOMETRIES["flipped"], 0)
-    clean = (image.astype(np.float32) * 0.5).astype(np.float32)
-    clean_path = write_volume(tmp_path / "clean.nii.gz", Volume(clean, GEOMETRIES["flipped"]))
-    base = ["--checkpoint", str(checkpoint), "--input", str(image_path), "--quiet", "--task", "denoise"]
-    base += ["--prompts", str(clean_path), "--slices", "1,4", "--calibrate", "off"]
+    base, clean = _denoise_with_clean_slices(tmp_path, checkpoint)
+    base += ["--calibrate", "off"]
     outputs = {}
     for steps in ("0", "2"):
         out = tmp_path / f"den_{steps}.nii.gz"
