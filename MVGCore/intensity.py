@@ -21,6 +21,7 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "lung": (-1350.0, 150.0),
     "bone": (-450.0, 1050.0),
     "brain": (0.0, 80.0),
+    "wide": (-1000.0, 400.0),
 }
 DEFAULT_CT_WINDOW = "paper"
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -73,6 +74,15 @@ def check_window(window: tuple[float, float]) -> tuple[float, float]:
     return low, high
 
 
+def ct_window(window: str | tuple[float, float]) -> tuple[float, float]:
+    """A CT window given as a preset name or (low, high), as a checked (low, high) in HU."""
+    if isinstance(window, str):
+        if window not in CT_WINDOWS:
+            raise ValueError(f"unknown CT window {window!r}; presets are {sorted(CT_WINDOWS)}")
+        return CT_WINDOWS[window]
+    return check_window(window)
+
+
 def check_modality(modality: str) -> str:
     key = modality.upper()
     aliases = {"MRI": "MR", "XRAY": "XR", "X-RAY": "XR", "CR": "XR", "DX": "XR", "ULTRASOUND": "US"}
@@ -96,12 +106,8 @@ def intensity_range(
     modality = check_modality(modality)
     if window is None and modality == "CT":
         window = DEFAULT_CT_WINDOW
-    if isinstance(window, str):
-        if window not in CT_WINDOWS:
-            raise ValueError(f"unknown CT window {window!r}; presets are {sorted(CT_WINDOWS)}")
-        window = CT_WINDOWS[window]
     if window is not None:
-        return IntensityRange(*check_window(window))
+        return IntensityRange(*ct_window(window))
     values = np.asarray(array)
     if values.size > 4_000_000:  # percentiles of a strided subsample are accurate and cheap
         values = values.reshape(-1)[:: values.size // 2_000_000]

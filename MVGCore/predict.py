@@ -47,7 +47,14 @@ from .checkpoint import PICKLE_SUFFIXES, load_model, load_state_dict_file, sidec
 from .cli import attach_dash_values
 from .coloring import check_labels, color_table, decode
 from .config import MVGConfig
-from .intensity import IntensityRange, check_modality, intensity_range, parse_window
+from .intensity import (
+    DEFAULT_CT_WINDOW,
+    IntensityRange,
+    check_modality,
+    ct_window,
+    intensity_range,
+    parse_window,
+)
 from .masking import ar_mask
 from .model import MVGModel
 from .slicewise import (
@@ -86,6 +93,9 @@ class Options:
     modality: "auto" (CT if the volume holds air-like values <= -500, else robust percentiles),
         or "CT" | "MR" | "XR" | "US" | "OTHER", as :mod:`MVGCore.intensity` normalises them.
     window: CT window preset name or (low, high), overriding the modality's normalisation.
+    ct_window: the window of volumes and prompts whose modality is (or is detected as) CT when
+        ``window`` is not given: the window the model was trained in ("paper", the MVG reference's
+        [-100, 200] HU, hides lung from air; "wide" keeps them apart, docs/inference.md).
     spacing: (k, j, i) voxel spacing (``Geometry.spacing_kji``); slices are fitted to the tile by
         their physical extent. None = isotropic pixels.
     k_prompts: prompts shown per query slice (the nearest by index; prompts from other volumes
@@ -121,6 +131,7 @@ class Options:
 
     modality: str = "auto"
     window: str | tuple[float, float] | None = None
+    ct_window: str | tuple[float, float] = DEFAULT_CT_WINDOW
     spacing: tuple[float, float, float] | None = None
     k_prompts: int = 1
     ensemble: str = "average"
@@ -142,6 +153,10 @@ class Options:
         if self.calibrate not in CALIBRATIONS:
             raise ValueError(f"option calibrate must be one of {CALIBRATIONS}, got {self.calibrate!r}")
         AdaptSettings(self.adapt_steps, self.adapt_lr)  # checks both
+        try:
+            object.__setattr__(self, "ct_window", ct_window(self.ct_window))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"option ct_window: {error}") from None
         if self.image_scale not in IMAGE_SCALES:
             raise ValueError(f"option image_scale must be one of {IMAGE_SCALES}, got {self.image_scale!r}")
         if self.tile_overlap is not None and (
@@ -668,7 +683,7 @@ class Predictor:
     # ---------------------------------------------------------------- prompts
 
     def _input_range(self, volume: np.ndarray, opts: Options) -> IntensityRange:
-        return intensity_range(_sample(volume), _auto_modality(volume, opts.modality), opts.window)
+        return _intensity_range(_sample(volume), opts)
 
     def _tile(self, plane: np.ndarray, is_label: bool, spacing: tuple[float, float]) -> np.ndarray:
         return fit_to_tile(plane, self.config.tile_size, is_label, spacing)[0]
@@ -677,7 +692,7 @@ class Predictor:
         """A slice of the query volume shares its range; another volume's slice is scaled by its own."""
         if prompt.index is not None:
             return in_range
-        return intensity_range(prompt.image, _auto_modality(prompt.image, opts.modality), opts.window)
+        return _intensity_range(prompt.image, opts)
 
     def _label_example(
         self,
@@ -1125,6 +1140,15 @@ def _sample(array: np.ndarray) -> np.ndarray:
         return array
     step = math.ceil((array.size / SAMPLE_VOXELS) ** (1 / array.ndim))
     return array[(slice(None, None, step),) * array.ndim]
+
+
+def _intensity_range(array: np.ndarray, opts: Options) -> IntensityRange:
+    """``array``'s normalisation: ``window`` when given, else ``ct_window`` for CT, else its modality's."""
+    modality = _auto_modality(array, opts.modality)
+    window = opts.window
+    if window is None and modality == "CT":
+        window = opts.ct_window
+    return intensity_range(array, modality, window)
 
 
 def _auto_modality(array: np.ndarray, modality: str) -> str:

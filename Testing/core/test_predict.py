@@ -135,6 +135,28 @@ def test_image_tasks_return_input_units():
     assert np.allclose(synthesized[3], target[0], atol=0.5)
 
 
+def test_ct_window_sets_the_ct_range_and_leaves_other_modalities_alone():
+    """Lung at -850 HU lies below the paper window ([-100, 200]), so a model copying a lung-valued
+    clean prompt returns its floor; in the wide window ([-1000, 400]) it returns the lung value."""
+    volume, _ = _scene()
+    lung = np.full_like(volume[1], -850.0)
+    pairs = [Prompt(volume[q], lung, q) for q in (1, 6)]
+    predictor = Predictor(CopyPrompt(), device="cpu")
+
+    def denoised(**options):
+        return predictor.denoise(volume, pairs, calibrate="off", **options)[3]
+
+    assert np.allclose(denoised(modality="CT"), -100.0, atol=1.0)  # the default stays the paper's
+    assert np.allclose(denoised(modality="CT", ct_window="wide"), -850.0, atol=2.0)
+    assert np.allclose(denoised(modality="CT", ct_window=(-900, 0)), -850.0, atol=2.0)
+    assert np.allclose(denoised(modality="CT", ct_window="wide", window="paper"), -100.0, atol=1.0)
+    assert np.array_equal(denoised(modality="MR", ct_window="wide"), denoised(modality="MR"))
+    with pytest.raises(ValueError, match="option ct_window: unknown CT window 'lungs'"):
+        denoised(modality="CT", ct_window="lungs")
+    with pytest.raises(ValueError, match=r"option ct_window: window \(400, -1000\) is inverted"):
+        denoised(ct_window=(400, -1000))
+
+
 def test_self_made_prompts_for_denoise_and_inpaint():
     volume, _ = _scene(n=6)
     model = CopyPrompt()

@@ -11,6 +11,9 @@ def test_ct_uses_the_paper_window_and_other_modalities_robust_percentiles(rng):
     ct = np.array([-1000.0, -100.0, 50.0, 200.0, 3000.0])
     np.testing.assert_allclose(normalize(ct, "CT"), [0, 0, 0.5, 1, 1])
     np.testing.assert_allclose(normalize(ct, "CT", window="brain"), [0, 0, 50 / 80, 1, 1])
+    np.testing.assert_allclose(
+        normalize(ct, "CT", window="wide"), np.array([0, 900, 1050, 1200, 1400]) / 1400
+    )
     mr = rng.normal(300, 50, 100_000)
     mr[:10] = 1e6  # a few hot voxels must not squash the range
     r = intensity_range(mr, "MRI")
