@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from ..canvas import resize_plane
 from ..degrade import HOLE_MODELS, NOISE_MODELS, add_noise, apply_hole, make_hole, noise_level
+from ..intensity import IntensityRange, ct_window
 from ..types import TASKS
 from .store import SliceStore, StoredCase
 
@@ -116,6 +117,11 @@ class SamplerConfig:
     )
     holes: dict[str, float] = field(default_factory=lambda: dict.fromkeys(HOLE_MODELS, 1.0))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ct_windows: dict[str, Any] = field(default_factory=dict)
+    """CT window per task (a preset name or [low, high] HU), applied to CT channels at sample time,
+    so one store serves tasks that infer in different windows (segmentation in a wide window that
+    keeps air, lung and fat apart; image tasks in the paper's). Unlisted tasks get the stored
+    window, which must contain every listed one (prepare the store with a wide ``--window``)."""
 
     @classmethod
     def from_dict(cls, config: dict[str, Any] | None) -> SamplerConfig:
@@ -143,6 +149,10 @@ class SamplerConfig:
         if self.tasks.get("inpaint", 0) > 0:
             _check_weights(self.holes, HOLE_MODELS, "holes", need_positive=True)
         _check_weights(self.datasets, None, "datasets")
+        unknown = sorted(set(self.ct_windows) - set(TASKS))
+        if unknown:
+            raise ValueError(f"sampler config ct_windows names unknown tasks {unknown}; tasks are {TASKS}")
+        self.ct_windows = {task: ct_window(window) for task, window in self.ct_windows.items()}
         if self.pairing not in PAIRINGS:
             raise ValueError(f"sampler config pairing must be one of {PAIRINGS}, got {self.pairing!r}")
         if (
@@ -217,6 +227,7 @@ class InContextDataset(Dataset):
                 f"{self.store.path}); prepare a store with --size {self.size} or larger"
             )
         self._eligible = self._index_cases()
+        self._check_ct_windows()
         self._tasks = [t for t in TASKS if self._eligible.get(t)]
         if not self._tasks:
             raise ValueError(
@@ -234,6 +245,21 @@ class InContextDataset(Dataset):
                 if self.config.tasks.get(task, 0.0) > 0 and task in case.tasks and _serves(case, task):
                     eligible.setdefault(task, {}).setdefault(case.dataset, []).append(index)
         return eligible
+
+    def _check_ct_windows(self) -> None:
+        """Every CT case a windowed task draws was stored in a window that contains that task's window
+        (re-windowing cannot bring back values the store clipped)."""
+        for task, (low, high) in self.config.ct_windows.items():
+            for indices in self._eligible.get(task, {}).values():
+                for case in (self.store.cases[i] for i in indices):
+                    for stored_low, stored_high in _ct_ranges(case):
+                        if not stored_low <= low < high <= stored_high:
+                            raise ValueError(
+                                f"sampler config ct_windows[{task!r}] = [{low:g}, {high:g}] HU lies outside "
+                                f"the window [{stored_low:g}, {stored_high:g}] that store {self.store.path} "
+                                f"holds case {case.case_id!r} in; prepare the store with a --window "
+                                "containing it"
+                            )
 
     def __len__(self) -> int:
         return self.length
@@ -288,7 +314,7 @@ class InContextDataset(Dataset):
                 query_case.foreground_positions,
             )
         cases = (prompt_case, query_case)
-        images = [self.store.image(c, p, channel) for c, p in zip(cases, positions)]
+        images = [self._read("segment", c, p, channel) for c, p in zip(cases, positions)]
         labels = _keep_classes(
             rng,
             [self.store.label(c, p).astype(np.int64) for c, p in zip(cases, positions)],
@@ -327,11 +353,14 @@ class InContextDataset(Dataset):
         for half, position in zip(("prompt", "query"), positions):
             if real:
                 degraded, clean = self._view(
-                    flips, box, self.store.image(case, position, 0), self.store.target(case, position)
+                    flips,
+                    box,
+                    self._read("denoise", case, position, 0),
+                    self._read("denoise", case, position, "target"),
                 )
                 degraded, clean = jitter(degraded), jitter(clean)
             else:
-                clean = jitter(self._view(flips, box, self.store.image(case, position, channel))[0])
+                clean = jitter(self._view(flips, box, self._read("denoise", case, position, channel))[0])
                 degraded = add_noise(clean, model, level, rng)
             out[f"{half}_image"], out[f"{half}_target"] = degraded, clean
         return out
@@ -345,7 +374,7 @@ class InContextDataset(Dataset):
         models = sorted(m for m, w in self.config.holes.items() if w > 0)
         out = {}
         for half, position in zip(("prompt", "query"), positions):
-            clean = jitter(self._view(flips, box, self.store.image(case, position, channel))[0])
+            clean = jitter(self._view(flips, box, self._read("inpaint", case, position, channel))[0])
             model = _weighted_choice(rng, models, [self.config.holes[m] for m in models])
             hole = make_hole(model, clean.shape, rng)
             out[f"{half}_image"], out[f"{half}_target"] = apply_hole(clean, hole), clean
@@ -368,18 +397,22 @@ class InContextDataset(Dataset):
         box = self._image_box(rng, query_case)
         out = {}
         for half, case, position in zip(("prompt", "query"), (prompt_case, query_case), positions):
-            image = self._channel(case, position, source)
-            other = self._channel(case, position, target)
+            image = self._read("synthesize", case, position, source)
+            other = self._read("synthesize", case, position, target)
             image, other = self._view(flips, box, image, other)
             out[f"{half}_image"], out[f"{half}_target"] = jitter(image), other
         return out
 
-    def _channel(self, case: StoredCase, position: int, channel: int | str) -> np.ndarray:
-        return (
-            self.store.target(case, position)
-            if channel == "target"
-            else self.store.image(case, position, channel)
-        )
+    def _read(self, task: str, case: StoredCase, position: int, channel: int | str) -> np.ndarray:
+        """A stored channel (or the explicit ``"target"``) in [0, 1]; CT in ``task``'s window when
+        ``ct_windows`` names one (a target shares channel 0's modality and window)."""
+        is_target = channel == "target"
+        values = self.store.target(case, position) if is_target else self.store.image(case, position, channel)
+        window = self.config.ct_windows.get(task)
+        if window is None or case.modalities[0 if is_target else channel] != "CT":
+            return values
+        stored_low, stored_high = _stored_range(case, channel)
+        return IntensityRange(*window).normalize(values * (stored_high - stored_low) + stored_low)
 
     # -- augmentation -----------------------------------------------------------------------------
 
@@ -459,6 +492,27 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("task", "dataset", "case_id"):
         batch[key] = [s[key] for s in samples]
     return batch
+
+
+def _ct_ranges(case: StoredCase) -> list[tuple[float, float]]:
+    """The stored [low, high] of each CT channel of ``case`` (and of its target, when channel 0 is CT)."""
+    channels = [c for c, m in enumerate(case.modalities) if m == "CT"]
+    if case.modalities[0] == "CT" and case.target_row is not None:
+        channels.append("target")
+    return [_stored_range(case, c) for c in channels]
+
+
+def _stored_range(case: StoredCase, channel: int | str) -> tuple[float, float]:
+    """The [low, high] that ``case``'s ``channel`` (or ``"target"``) was normalised from when stored."""
+    try:
+        source = case.source
+        low, high = source["target_intensity"] if channel == "target" else source["intensity"][channel]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(
+            f"case {case.case_id!r} of dataset {case.dataset!r} records no stored intensity range for "
+            f"channel {channel!r}, so ct_windows cannot re-window it; prepare it with MVGCore.prepare"
+        ) from None
+    return float(low), float(high)
 
 
 def _serves(case: StoredCase, task: str) -> bool:

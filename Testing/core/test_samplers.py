@@ -260,6 +260,113 @@ def test_bad_configs_are_named(store):
     assert SamplerConfig.from_dict({"augment": {"crop_scale": [0.5, 1.0]}}).augment.crop_scale == (0.5, 1.0)
 
 
+WIDE = (-1000.0, 400.0)
+PAPER = (-100.0, 200.0)
+
+
+@pytest.fixture(scope="module")
+def wide_store(tmp_path_factory) -> SliceStore:
+    """Dataset "C": 2 cases of a CT channel stored in the [-1000, 400] HU window beside an MR
+    channel stored from [0, 500], with labels and a real clean CT target."""
+    rng = np.random.default_rng(3)
+    out = tmp_path_factory.mktemp("stores") / "wide"
+    source = {"intensity": [list(WIDE), [0.0, 500.0]], "target_intensity": list(WIDE)}
+    with StoreWriter(out, SIZE, 0) as writer:
+        for case in range(2):
+            labels = _blocks(rng, 4)
+            images = rng.uniform(0, 1, (4, 2, SIZE, SIZE)).astype(np.float32)
+            target = rng.uniform(0, 1, (4, SIZE, SIZE)).astype(np.float32)
+            writer.add_case(
+                f"c{case}",
+                "C",
+                ("CT", "MR"),
+                ALL_TASKS,
+                images,
+                tuple(range(4)),
+                tuple(bool(x.any()) for x in labels),
+                label=labels,
+                target=target,
+                source=source,
+            )
+    return SliceStore(out)
+
+
+def _windowed(tiles: np.ndarray, stored: tuple[float, float], window: tuple[float, float]) -> np.ndarray:
+    """Stored [0, 1] tiles of window ``stored`` as the [0, 1] values of ``window``."""
+    hu = tiles.astype(np.float64) * (stored[1] - stored[0]) + stored[0]
+    return np.clip((hu - window[0]) / (window[1] - window[0]), 0, 1)
+
+
+def _stack(store: SliceStore, channel: int | None) -> np.ndarray:
+    """Every stored tile of ``channel`` (None: the targets), all cases, as one (n, S, S) array."""
+    tiles = [
+        store.target(case, p) if channel is None else store.image(case, p, channel)
+        for case in store.cases
+        for p in range(len(case.slices))
+    ]
+    return np.stack(tiles)
+
+
+def _matches(tile: np.ndarray, candidates: np.ndarray) -> int:
+    return int(sum(np.allclose(tile, c, atol=2e-3) for c in candidates))
+
+
+def test_ct_windows_rewindow_ct_channels_per_task_and_leave_others_stored(wide_store):
+    windows = {"segment": "paper", "synthesize": [-1000, 0]}
+    config = _only("segment", pairing="independent", augment=NO_AUGMENT, ct_windows=windows)
+    ct, mr = _stack(wide_store, 0), _stack(wide_store, 1)
+    ct_paper = _windowed(ct, WIDE, PAPER)
+    channels = Counter()
+    for seed in range(12):
+        sample = InContextDataset(wide_store, config, length=1, seed=seed)[0]
+        for half in ("prompt", "query"):
+            tile = sample[f"{half}_image"]
+            assert _matches(tile, ct) == 0  # never the stored CT values
+            in_ct, in_mr = _matches(tile, ct_paper), _matches(tile, mr)
+            assert in_ct + in_mr == 1
+            channels["CT" if in_ct else "MR"] += 1
+    assert channels["CT"] and channels["MR"]
+    # the paper window clips much of a uniform [-1000, 400] HU ramp: re-windowing really happened
+    assert (_windowed(ct, WIDE, PAPER) == 0).mean() > 0.5
+    # a task ct_windows does not name reads the stored window
+    denoise = InContextDataset(wide_store, _only("denoise", augment=NO_AUGMENT, ct_windows=windows), seed=1)
+    assert _matches(denoise[0]["query_target"], np.concatenate([ct, mr])) == 1
+    # synthesis re-windows its CT sources (channel 0, the stored target) to its own window; MR stays
+    synth_tiles = [
+        _windowed(ct, WIDE, (-1000.0, 0.0)),
+        _windowed(_stack(wide_store, None), WIDE, (-1000.0, 0.0)),
+        mr,
+    ]
+    for seed in range(6):
+        sample = InContextDataset(
+            wide_store, _only("synthesize", augment=NO_AUGMENT, ct_windows=windows), seed=seed
+        )[0]
+        for key in ("query_image", "query_target"):
+            assert _matches(sample[key], ct) == 0
+            assert sum(_matches(sample[key], tiles) for tiles in synth_tiles) == 1
+
+
+def test_ct_windows_rewindow_stored_real_denoising_targets(wide_store):
+    config = _only("denoise", real_pair_prob=1.0, augment=NO_AUGMENT, ct_windows={"denoise": "paper"})
+    sample = InContextDataset(wide_store, config, length=1, seed=4)[0]
+    assert _matches(sample["query_target"], _windowed(_stack(wide_store, None), WIDE, PAPER)) == 1
+    assert _matches(sample["query_image"], _windowed(_stack(wide_store, 0), WIDE, PAPER)) == 1
+
+
+def test_bad_ct_windows_are_named(store, wide_store):
+    with pytest.raises(ValueError, match=r"ct_windows names unknown tasks \['segmentation'\]"):
+        InContextDataset(wide_store, {"ct_windows": {"segmentation": "wide"}})
+    with pytest.raises(ValueError, match="unknown CT window 'lungs'"):
+        InContextDataset(wide_store, {"ct_windows": {"segment": "lungs"}})
+    with pytest.raises(
+        ValueError, match=r"\[-1350, 150\] HU lies outside the window \[-1000, 400\].*case 'c0'"
+    ):
+        InContextDataset(wide_store, {"ct_windows": {"segment": "lung"}})
+    # store "B"'s CT case was written without its stored range: re-windowing it is refused by name
+    with pytest.raises(ValueError, match="case 'b0' of dataset 'B' records no stored intensity range"):
+        InContextDataset(store, {"ct_windows": {"denoise": "paper"}})
+
+
 def test_store_and_samplers_work_without_simpleitk(store):
     code = (
         "import sys; sys.modules['SimpleITK'] = None\n"
