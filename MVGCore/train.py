@@ -681,7 +681,11 @@ def _run(
                 validate(model, val_batches, env.device, amp, out / "val", at) if val_batches else ({}, {})
             )
             if config.val_volumes:
-                last_val.update(validate_volumes(model, config.val_volumes, config.val_volume_prompts))
+                last_val.update(
+                    validate_volumes(
+                        model, config.val_volumes, config.val_volume_prompts, **config.val_volume_options
+                    )
+                )
             metrics.write({"step": at, "kind": "val", **last_val})
             metrics.images(montages, at)
             log.info("step %d validation: %s", at, {k: round(v, 4) for k, v in last_val.items()})

@@ -45,6 +45,9 @@ class TrainConfig:
     """Open-sample ids (``source/name``) of held-out labelled volumes segmented at every validation
     the way users run it (``val_volume_prompts`` prompt slices, Dice on all other slices)."""
     val_volume_prompts: int = 2
+    val_volume_options: dict[str, Any] = field(default_factory=dict)
+    """``MVGCore.predict.Options`` for those volumes (e.g. ``{ct_window: wide}`` for a model
+    trained to segment CT in the wide window): validation runs the model as it will be run."""
     mask_ar: dict[str, float] = field(default_factory=dict)
     """Chance of the AR mask (the whole query half hidden) per task, over the reference's mix."""
     inpaint_outside_weight: float = 1.0
@@ -96,6 +99,7 @@ class TrainConfig:
                 if not isinstance(value, tuple(kinds)):
                     names = " or ".join(k.__name__ for k in kinds)
                     problems.append(f"{f.name} must be a {names}, got {value!r}")
+        problems += _option_problems(self.val_volume_options)
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         if self.model not in PRESETS:
@@ -151,6 +155,7 @@ class TrainConfig:
                 problems.append(
                     f"mask_ar maps tasks of {list(TASKS)} to chances in [0, 1], got {task}: {chance}"
                 )
+        problems += _option_problems(self.val_volume_options)
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.model_config()  # unknown or inconsistent model overrides fail here, not mid-run
@@ -251,3 +256,16 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
     atomic_write(Path(path), lambda temp: Path(temp).write_text(text, encoding="utf-8"))
+
+
+def _option_problems(options: Any) -> list[str]:
+    """Why ``val_volume_options`` would fail at the first validation, checked before training."""
+    from MVGCore.predict import Options
+
+    if not isinstance(options, dict):
+        return [f"val_volume_options must be a mapping of Predictor options, got {options!r}"]
+    try:
+        Options(**options)
+    except (TypeError, ValueError) as error:
+        return [f"val_volume_options: {error}"]
+    return []

@@ -41,6 +41,9 @@ def test_unknown_keys_are_named(tmp_path):
         ({"layer_decay": 0}, "layer_decay"),
         ({"inpaint_outside_weight": 2.0}, "inpaint_outside_weight must lie in"),
         ({"model_overrides": {"tile_size": 30}}, "multiple of patch_size"),
+        ({"val_volume_options": {"ct_window": "lungs"}}, "val_volume_options: option ct_window: unknown CT"),
+        ({"val_volume_options": {"k_prompt": 2}}, "val_volume_options: .*unexpected keyword.*k_prompt"),
+        ({"val_volume_options": ["wide"]}, "val_volume_options must be a mapping"),
     ],
 )
 def test_bad_values_are_explained(changes, message):
