@@ -226,8 +226,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config in the YAML file ``path`` (None: defaults) with ``overrides`` applied on top.
 
-    A ``model_overrides`` override is merged into the file's, key by key, so ``--set
-    model_overrides.depth=2`` style dotted keys work for that one nested mapping.
+    A dotted key sets one entry of a nested mapping and keeps the rest of the file's
+    (``--set model_overrides.depth=2``, ``--set sampler.ct_windows.segment=paper``).
     """
     data: dict[str, Any] = {}
     source = "defaults"
@@ -244,11 +244,22 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         source = str(path)
     data = dict(data)
     for key, value in (overrides or {}).items():
-        if key.startswith("model_overrides."):
-            data["model_overrides"] = {**data.get("model_overrides", {}), key.split(".", 1)[1]: value}
-        else:
-            data[key] = value
+        _set_dotted(data, key, value)
     return TrainConfig.from_dict(data, source + (" with overrides" if overrides else ""))
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``data[a][b][c] = value`` for the key ``a.b.c``, copying the mappings on the way (the
+    file's own stay as read) and creating the missing ones."""
+    *parents, last = key.split(".")
+    node = data
+    for depth, name in enumerate(parents):
+        child = node.get(name, {})
+        if not isinstance(child, dict):
+            where = ".".join(parents[: depth + 1])
+            raise ValueError(f"--set {key}: {where} is {child!r}, not a mapping to set {last!r} in")
+        node[name] = node = dict(child)
+    node[last] = value
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

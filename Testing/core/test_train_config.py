@@ -74,6 +74,25 @@ def test_overrides_and_round_trip(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_dotted_overrides_set_one_entry_of_nested_mappings(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("phantoms: 2\nsampler: {binary_prob: 0.4, ct_windows: {segment: wide, denoise: paper}}\n")
+    config = load_config(path, {"sampler.ct_windows.segment": "paper", "sampler.zoom_prob": 0.5})
+    assert config.sampler == {
+        "binary_prob": 0.4,
+        "ct_windows": {"segment": "paper", "denoise": "paper"},
+        "zoom_prob": 0.5,
+    }
+    assert config.sampler_config().ct_windows == {"segment": (-100.0, 200.0), "denoise": (-100.0, 200.0)}
+    assert load_config(path).sampler["ct_windows"]["segment"] == "wide"  # the file's mapping is not changed
+    with pytest.raises(
+        ValueError, match=r"--set sampler.binary_prob.x: sampler.binary_prob is 0.4, not a mapping"
+    ):
+        load_config(path, {"sampler.binary_prob.x": 1})
+    with pytest.raises(ValueError, match=r"unknown keys.*ct_window"):
+        load_config(path, {"sampler.ct_window": "wide"})
+
+
 @pytest.mark.parametrize("name", ["quickstart.yaml", "tiny_cpu.yaml", "large_8gpu.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name, {"data": ["x"]} if name == "large_8gpu.yaml" else None)
