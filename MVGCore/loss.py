@@ -4,7 +4,10 @@ Pixels count only where the mask hid their patch. Segmentation background pixels
 foreground 1 (so small organs are not drowned by background); image tasks weigh 1 everywhere,
 except, optionally, an inpainting query outside its hole: inference returns the input there, so
 those pixels teach only the copy, which pulls the hole towards its zero fill (the dark holes).
-A sample whose *visible* target carries no information (all background, or a constant image)
+Optionally, a segmentation query's pixels whose label differs from the prompt's at the same place
+weigh more: near prompt slices share most of their labels, so copying the prompt is a cheap
+optimum that a uniform weight rewards, while what a propagating model must learn lies in the
+changed pixels. A sample whose *visible* target carries no information (all background, or a constant image)
 gives the model nothing to learn in context, so it is dropped from the loss, as the reference does.
 """
 
@@ -47,6 +50,25 @@ def outside_hole_weights(
     scale = torch.ones_like(weights)
     query = torch.where(holes.bool(), 1.0, outside).to(weights.dtype)[:, None]
     scale[:, :, size:] = torch.where(is_inpaint.view(-1, 1, 1, 1).bool(), query, 1.0)
+    return weights * scale
+
+
+def changed_label_weights(
+    weights: torch.Tensor, changed: torch.Tensor, is_segmentation: torch.Tensor, factor: float
+) -> torch.Tensor:
+    """``weights`` (B, 1, 2S, S) of [prompt; query] canvases with the query half of each
+    segmentation sample multiplied by ``factor`` where its (B, S, S) ``changed`` mask is True
+    (the query's label differs there from the prompt's)."""
+    if not factor >= 1.0:
+        raise ValueError(f"the weight of changed labels must be at least 1, got {factor}")
+    size = changed.shape[-2]
+    if weights.shape[-2] != 2 * size or weights.shape[-1] != changed.shape[-1]:
+        raise ValueError(
+            f"weights {tuple(weights.shape)} are not [prompt; query] canvases of {tuple(changed.shape)} masks"
+        )
+    scale = torch.ones_like(weights)
+    query = torch.where(changed.bool(), factor, 1.0).to(weights.dtype)[:, None]
+    scale[:, :, size:] = torch.where(is_segmentation.view(-1, 1, 1, 1).bool(), query, 1.0)
     return weights * scale
 
 

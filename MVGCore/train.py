@@ -247,7 +247,9 @@ def validation_batches(
             continue
         stream = SampleStream(sampler, config.seed, VAL_STREAM)
         samples = [stream[i] for i in range(config.val_samples)]
-        collate = CanvasCollator(grid, config.seed, VAL_STREAM, None, config.inpaint_outside_weight)
+        collate = CanvasCollator(
+            grid, config.seed, VAL_STREAM, None, config.inpaint_outside_weight, config.segment_change_weight
+        )
         batches[task] = [
             collate(samples[i : i + config.batch_size]) for i in range(0, len(samples), config.batch_size)
         ]
@@ -653,7 +655,9 @@ def _run(
     # Step `step` itself was logged (train record, validation) before its checkpoint was written.
     metrics = _Metrics(out, step + 1 if resume else 0, env.is_main)
     masks = MaskSampler(grid, ar_probability={**DEFAULT_AR_PROBABILITY, **config.mask_ar})
-    collator = CanvasCollator(grid, config.seed, TRAIN_STREAM, masks, config.inpaint_outside_weight)
+    collator = CanvasCollator(
+        grid, config.seed, TRAIN_STREAM, masks, config.inpaint_outside_weight, config.segment_change_weight
+    )
     loader = DataLoader(
         SampleStream(train_sampler, config.seed, TRAIN_STREAM),
         batch_sampler=StepBatchSampler(

@@ -40,6 +40,7 @@ def test_unknown_keys_are_named(tmp_path):
         ({"amp": "fp16"}, "amp must be one of"),
         ({"layer_decay": 0}, "layer_decay"),
         ({"inpaint_outside_weight": 2.0}, "inpaint_outside_weight must lie in"),
+        ({"segment_change_weight": 0.5}, "segment_change_weight must be at least 1"),
         ({"model_overrides": {"tile_size": 30}}, "multiple of patch_size"),
         ({"val_volume_options": {"ct_window": "lungs"}}, "val_volume_options: option ct_window: unknown CT"),
         ({"val_volume_options": {"k_prompt": 2}}, "val_volume_options: .*unexpected keyword.*k_prompt"),
