@@ -42,15 +42,7 @@ def outside_hole_weights(
     sample scaled by ``outside`` where its (B, S, S) ``holes`` mask is False."""
     if not 0.0 <= outside <= 1.0:
         raise ValueError(f"the weight outside the hole must lie in [0, 1], got {outside}")
-    size = holes.shape[-2]
-    if weights.shape[-2] != 2 * size or weights.shape[-1] != holes.shape[-1]:
-        raise ValueError(
-            f"weights {tuple(weights.shape)} are not [prompt; query] canvases of holes {tuple(holes.shape)}"
-        )
-    scale = torch.ones_like(weights)
-    query = torch.where(holes.bool(), 1.0, outside).to(weights.dtype)[:, None]
-    scale[:, :, size:] = torch.where(is_inpaint.view(-1, 1, 1, 1).bool(), query, 1.0)
-    return weights * scale
+    return _scale_queries(weights, holes, is_inpaint, inside=1.0, outside=outside)
 
 
 def changed_label_weights(
@@ -61,14 +53,22 @@ def changed_label_weights(
     (the query's label differs there from the prompt's)."""
     if not factor >= 1.0:
         raise ValueError(f"the weight of changed labels must be at least 1, got {factor}")
-    size = changed.shape[-2]
-    if weights.shape[-2] != 2 * size or weights.shape[-1] != changed.shape[-1]:
+    return _scale_queries(weights, changed, is_segmentation, inside=factor, outside=1.0)
+
+
+def _scale_queries(
+    weights: torch.Tensor, where: torch.Tensor, selected: torch.Tensor, inside: float, outside: float
+) -> torch.Tensor:
+    """``weights`` with the query half of each ``selected`` (B,) sample scaled by ``inside`` where
+    its (B, S, S) mask ``where`` is True and by ``outside`` elsewhere; other samples unchanged."""
+    size = where.shape[-2]
+    if weights.shape[-2] != 2 * size or weights.shape[-1] != where.shape[-1]:
         raise ValueError(
-            f"weights {tuple(weights.shape)} are not [prompt; query] canvases of {tuple(changed.shape)} masks"
+            f"weights {tuple(weights.shape)} are not [prompt; query] canvases of {tuple(where.shape)} masks"
         )
     scale = torch.ones_like(weights)
-    query = torch.where(changed.bool(), factor, 1.0).to(weights.dtype)[:, None]
-    scale[:, :, size:] = torch.where(is_segmentation.view(-1, 1, 1, 1).bool(), query, 1.0)
+    query = torch.where(where.bool(), inside, outside).to(weights.dtype)[:, None]
+    scale[:, :, size:] = torch.where(selected.view(-1, 1, 1, 1).bool(), query, 1.0)
     return weights * scale
 
 
