@@ -10,7 +10,6 @@ and returns the target of an indexed prompt slice unchanged.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from skimage.restoration import denoise_nl_means, estimate_sigma, inpaint_biharm
 
 from . import contour_interpolation
 from .intensity import normalize
+from .registration import Registration
 from .slicewise import (
     SliceLoop,
     check_axis,
@@ -35,7 +35,6 @@ from .slicewise import (
 from .types import CancelToken, ProgressFn, Prompt
 
 SEGMENTATIONS = ("register", "copy", "fill")
-REGISTRATIONS = ("demons", "bspline", "affine")
 MAPPINGS = ("histogram", "monotone", "match")
 
 
@@ -70,12 +69,9 @@ class ClassicalBaseline:
     def __post_init__(self) -> None:
         if self.segmentation not in SEGMENTATIONS:
             raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {self.segmentation!r}")
-        if self.registration not in REGISTRATIONS:
-            raise ValueError(f"registration must be one of {REGISTRATIONS}, got {self.registration!r}")
         if self.synthesis_mapping not in MAPPINGS:
             raise ValueError(f"synthesis_mapping must be one of {MAPPINGS}, got {self.synthesis_mapping!r}")
-        if self.registration_iterations < 1 or self.bspline_mesh < 1:
-            raise ValueError("registration_iterations and bspline_mesh must be >= 1")
+        Registration(self.registration, self.registration_iterations, self.bspline_mesh)  # checks them
         if not self.nlm_strength > 0:
             raise ValueError(f"nlm_strength must be > 0, got {self.nlm_strength}")
         if self.use_bm3d:
@@ -204,55 +200,12 @@ class ClassicalBaseline:
         return map_slices(one, source, axis, progress=progress, cancel=cancel)
 
     def _propagate(self, prompt: Prompt, plane: np.ndarray, index: int, dtype: np.dtype) -> np.ndarray:
-        import SimpleITK as sitk
-
         label = np.asarray(prompt.target).astype(dtype)
         if not label.any():
             return np.zeros(plane.shape, dtype=dtype)
-        fixed = sitk.GetImageFromArray(normalize(plane, "OTHER"))
-        moving = sitk.GetImageFromArray(normalize(prompt.image, "OTHER"))
-        try:
-            transform = self._register(fixed, moving)
-        except RuntimeError as error:
-            warnings.warn(
-                f"registration onto slice {index} failed ({error}); using the centred initial transform",
-                stacklevel=2,
-            )
-            transform = _centred_affine(fixed, moving)
-        moving_label = sitk.GetImageFromArray(label)
-        warped = sitk.Resample(moving_label, fixed, transform, sitk.sitkNearestNeighbor, 0)
-        return sitk.GetArrayFromImage(warped).astype(dtype)
-
-    def _register(self, fixed, moving):
-        """Transform mapping fixed (query) points into the moving (prompt) slice."""
-        import SimpleITK as sitk
-
-        method = _mattes_method(sitk)
-        method.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-3, self.registration_iterations)
-        method.SetOptimizerScalesFromPhysicalShift()
-        method.SetShrinkFactorsPerLevel([4, 2])
-        method.SetSmoothingSigmasPerLevel([2, 1])
-        method.SetInitialTransform(_centred_affine(fixed, moving), inPlace=False)
-        affine = method.Execute(fixed, moving)
-        if self.registration == "affine":
-            return affine
-        if self.registration == "bspline":
-            bspline = sitk.BSplineTransformInitializer(fixed, [self.bspline_mesh] * 2)
-            method = _mattes_method(sitk)
-            method.SetOptimizerAsLBFGSB(1e-5, self.registration_iterations)
-            method.SetShrinkFactorsPerLevel([2, 1])
-            method.SetSmoothingSigmasPerLevel([1, 0])
-            method.SetMovingInitialTransform(affine)
-            method.SetInitialTransform(bspline, inPlace=True)
-            method.Execute(fixed, moving)
-            return sitk.CompositeTransform([affine, bspline])
-        # demons assume equal intensities, so the affinely aligned prompt is histogram-matched first
-        aligned = sitk.HistogramMatching(sitk.Resample(moving, fixed, affine, sitk.sitkLinear, 0.0), fixed)
-        demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
-        demons.SetNumberOfIterations(self.registration_iterations)
-        demons.SetStandardDeviations(1.5)
-        field = demons.Execute(fixed, aligned)
-        return sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])
+        registration = Registration(self.registration, self.registration_iterations, self.bspline_mesh)
+        fixed, moving = normalize(plane, "OTHER"), normalize(prompt.image, "OTHER")
+        return registration.warp(fixed, moving, label, f"slice {index}")[1]
 
     def _nlm_plane(self, plane: np.ndarray) -> np.ndarray:
         plane = plane.astype(np.float64)
@@ -262,24 +215,6 @@ class ClassicalBaseline:
         return denoise_nl_means(
             plane, h=self.nlm_strength * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True
         )
-
-
-def _mattes_method(sitk):
-    """Mutual information copes with prompts from another scan; fixed-seed sampling keeps it repeatable."""
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.2, 1)
-    method.SetInterpolator(sitk.sitkLinear)
-    return method
-
-
-def _centred_affine(fixed, moving):
-    import SimpleITK as sitk
-
-    return sitk.CenteredTransformInitializer(
-        fixed, moving, sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.GEOMETRY
-    )
 
 
 def _check_copyable(prompts: Sequence[Prompt], plane: tuple[int, int]) -> None:

@@ -50,12 +50,12 @@ def parse_window(text: str) -> str | tuple[float, float]:
         low, high = (float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--window must be a preset name or LOW,HIGH (two numbers), got {text!r}"
+            f"a CT window must be a preset name or LOW,HIGH (two numbers), got {text!r}"
         ) from None
     try:
         return check_window((low, high))
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"--window {text}: {error}") from None
+        raise argparse.ArgumentTypeError(f"{text}: {error}") from None
 
 
 def check_window(window: tuple[float, float]) -> tuple[float, float]:

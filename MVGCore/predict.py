@@ -57,6 +57,8 @@ from .intensity import (
 )
 from .masking import ar_mask
 from .model import MVGModel
+from .registration import METHODS as REGISTRATIONS
+from .registration import Registration
 from .slicewise import (
     SliceLoop,
     check_axis,
@@ -76,6 +78,10 @@ FLOAT32 = np.dtype(np.float32)
 
 ENSEMBLES = ("average", "feature")
 ZOOMS = ("prompts", "whole")
+ALIGNMENTS = ("off", *REGISTRATIONS)
+DEFAULT_ALIGNMENT = "demons"
+"""Measured: the bundled model's Dice on the whole-volume validation cases rises with it
+(docs/inference.md, "Prompt alignment")."""
 IMAGE_SCALES = ("native", "fit")
 PROGRESS_FORMATS = ("log", "json")
 CT_AIR_THRESHOLD = -500.0
@@ -113,6 +119,10 @@ class Options:
     target_modality, target_window: normalisation of synthesis targets (as modality / window).
     zoom: segmentation only: "prompts" runs the model on the in-plane region around the prompt
         labels (plus ``zoom_margin`` x the box's longer side on each side); "whole" on whole slices.
+    align_prompts: segmentation only: each prompt is warped onto the query slice by 2D
+        registration (its image and label, at tile resolution; :mod:`MVGCore.registration`)
+        before the model sees it: "demons" (affine, then demons, as the registration baseline),
+        "bspline", "affine", or "off" (the prompt as it lies).
     image_scale: image tasks: "native" cuts every slice into overlapping tiles at 1:1 pixels
         (``tile_overlap`` pixels of overlap, a quarter tile by default, blended; slices smaller
         than a tile are padded, not enlarged), prompts tiled the same way (:mod:`MVGCore.tiling`);
@@ -143,6 +153,7 @@ class Options:
     target_window: str | tuple[float, float] | None = None
     zoom: str = "prompts"
     zoom_margin: float = ZOOM_MARGIN
+    align_prompts: str = DEFAULT_ALIGNMENT
     adapt_steps: int = 0
     adapt_lr: float = ADAPT_LR
     image_scale: str = "native"
@@ -167,6 +178,8 @@ class Options:
             raise ValueError(
                 f"option tile_overlap must be a whole number of pixels >= 0, got {self.tile_overlap!r}"
             )
+        if self.align_prompts not in ALIGNMENTS:
+            raise ValueError(f"option align_prompts must be one of {ALIGNMENTS}, got {self.align_prompts!r}")
         if self.zoom not in ZOOMS:
             raise ValueError(f"option zoom must be one of {ZOOMS}, got {self.zoom!r}")
         if (
@@ -948,8 +961,13 @@ class Predictor:
     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Run one batch of query slices; return each slice's output plane and disagreement plane."""
         k = len(chunk[0][1])
+        query_tiles = [self._query_tile(job, q) for q, _ in chunk]
+        if job.segmentation and job.options.align_prompts != "off":
+            chunk = [
+                (q, self._aligned(job, q, tile, chosen)) for (q, chosen), tile in zip(chunk, query_tiles)
+            ]
         prompts = [e for _, chosen in chunk for e in chosen]
-        queries = np.repeat(np.stack([self._query_tile(job, q) for q, _ in chunk]), k, axis=0)
+        queries = np.repeat(np.stack(query_tiles), k, axis=0)
         canvases = build_canvases(
             np.stack([e.image for e in prompts]),
             np.stack([e.target for e in prompts]),
@@ -968,6 +986,23 @@ class Predictor:
             single = singles[number * k : (number + 1) * k]
             results.append(self._decode(job, query, chosen, group, single))
         return results
+
+    def _aligned(
+        self, job: _Job, query: int, query_tile: np.ndarray, chosen: list[_Example]
+    ) -> list[_Example]:
+        """``chosen`` warped onto the query tile (``Options.align_prompts``); a prompt whose
+        label the warp pushes out of the tile stays as it lies. The classes decoded stay the
+        prompts' own."""
+        registration = Registration(job.options.align_prompts)
+        aligned = []
+        for example in chosen:
+            image, target = registration.warp(
+                query_tile, example.image, example.target, f"image slice {query} along axis {job.axis}"
+            )
+            aligned.append(
+                dataclasses.replace(example, image=image, target=target) if target.any() else example
+            )
+        return aligned
 
     def _forward(self, canvases, ensemble_k: int, task: str, model: MVGModel | None = None) -> torch.Tensor:
         """Query halves of the predicted target canvases as [0, 1] RGB on the CPU, (B, 3, S, S)."""
@@ -1355,6 +1390,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slice axis in (k, j, i)")
     parser.add_argument("--modality", default="auto", help="auto, CT, MR, XR, US or OTHER")
     parser.add_argument("--window", type=parse_window, help="CT window: preset name or LOW,HIGH")
+    parser.add_argument(
+        "--ct-window",
+        type=parse_window,
+        default=DEFAULT_CT_WINDOW,
+        help=f"window of CT inputs when --window is not given: preset name or LOW,HIGH ({DEFAULT_CT_WINDOW})",
+    )
     parser.add_argument("--k-prompts", type=int, default=1, help="prompts per query slice (default 1)")
     parser.add_argument("--ensemble", choices=ENSEMBLES, default="average", help="how K prompts combine")
     parser.add_argument("--propagate", action="store_true", help="propagate outward from the prompt slices")
@@ -1369,6 +1410,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=ZOOM_MARGIN,
         help=f"segment: margin of that region ({ZOOM_MARGIN})",
+    )
+    parser.add_argument(
+        "--align-prompts",
+        choices=ALIGNMENTS,
+        default=DEFAULT_ALIGNMENT,
+        help=f"segment: warp each prompt onto its query slice by 2D registration first ({DEFAULT_ALIGNMENT})",
     )
     parser.add_argument(
         "--image-scale",
@@ -1433,6 +1480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {
         "modality": args.modality,
         "window": args.window,
+        "ct_window": args.ct_window,
         "spacing": image.geometry.spacing_kji,
         "k_prompts": args.k_prompts,
         "ensemble": args.ensemble,
@@ -1441,7 +1489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
     }
     if args.task == "segment":
-        options.update(zoom=args.zoom, zoom_margin=args.zoom_margin, adapt_steps=args.adapt_steps)
+        options.update(
+            zoom=args.zoom,
+            zoom_margin=args.zoom_margin,
+            align_prompts=args.align_prompts,
+            adapt_steps=args.adapt_steps,
+        )
     else:
         options.update(image_scale=args.image_scale)
     if args.task == "denoise":

@@ -3,9 +3,11 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from MVGCore.checkpoint import save_model
 from MVGCore.config import config_for
+from MVGCore.metrics import dice_per_class
 from MVGCore.model import MVGModel
 from MVGCore.predict import Predictor
 from MVGCore.types import Cancelled, CancelToken, Prompt
@@ -44,6 +46,10 @@ class CopyPrompt(MVGModel):
         return query if query_only else torch.cat([top, query], dim=-2)
 
 
+AS_GIVEN = {"align_prompts": "off"}
+"""The stand-in models' known answers hold for prompts as they lie, not warped onto the query."""
+
+
 def _shape(axis: int, n: int = 8) -> tuple[int, int, int]:
     return tuple(n if a == axis else TILE for a in range(3))
 
@@ -75,7 +81,7 @@ def _prompts(volume, label, slices, axis=0):
 def test_segment_returns_nearest_prompt_labels_on_the_input_grid(axis):
     volume, label = _scene(axis)
     result = Predictor(CopyPrompt(), device="cpu").segment(
-        volume, _prompts(volume, label, [1, 6], axis), axis
+        volume, _prompts(volume, label, [1, 6], axis), axis, **AS_GIVEN
     )
     assert result.shape == volume.shape and result.dtype == np.uint8
     for q in range(8):
@@ -87,7 +93,7 @@ def test_prompt_slices_keep_the_users_labels_exactly():
     volume, label = _scene()
     label = label.astype(np.int16) * 7  # classes 7 and 14; any integer dtype is kept
     prompts = _prompts(volume, label, [0, 5])
-    result = Predictor(CopyPrompt(shift=3), device="cpu").segment(volume, prompts)
+    result = Predictor(CopyPrompt(shift=3), device="cpu").segment(volume, prompts, **AS_GIVEN)
     assert result.dtype == np.int16
     assert np.array_equal(result[0], label[0]) and np.array_equal(result[5], label[5])
     assert np.array_equal(result[2], np.roll(label[0], 3, axis=-1))  # the rest comes from the model
@@ -98,7 +104,7 @@ def test_k_prompt_average_and_feature_ensemble_and_disagreement():
     prompts = _prompts(volume, label, [2, 5])
     model = CopyPrompt()
     predictor = Predictor(model, device="cpu", batch_size=4)
-    labels, spread = predictor.segment(volume, prompts, k_prompts=2, return_disagreement=True)
+    labels, spread = predictor.segment(volume, prompts, k_prompts=2, return_disagreement=True, **AS_GIVEN)
     # each single-prompt answer is that prompt's label; the spread is the share disagreeing with the final
     expected = ((labels[3] != label[2]).astype(np.float32) + (labels[3] != label[5])) / 2
     assert np.array_equal(spread[3], expected) and np.all(spread[3][label[2] == label[5]] == 0)
@@ -108,7 +114,7 @@ def test_k_prompt_average_and_feature_ensemble_and_disagreement():
     assert all(k == 1 for _, k in model.calls) and model.calls[0][0] == 4  # 2 queries x 2 prompts
 
     model.calls.clear()
-    predictor.segment(volume, prompts, k_prompts=2, ensemble="feature", return_disagreement=True)
+    predictor.segment(volume, prompts, k_prompts=2, ensemble="feature", return_disagreement=True, **AS_GIVEN)
     assert {k for _, k in model.calls} == {1, 2}  # feature pass + single-prompt pass for disagreement
 
 
@@ -133,6 +139,23 @@ def test_image_tasks_return_input_units():
     target = volume * -3.0 + 500.0  # another "modality" in other units
     synthesized = predictor.synthesize(volume, [Prompt(volume[0], target[0])], target_window=(-5000, 5000))
     assert np.allclose(synthesized[3], target[0], atol=0.5)
+
+
+def test_align_prompts_warps_each_prompt_onto_its_query_slice():
+    """The copying stand-in answers with the prompt label the model is shown: aligned, it follows
+    a disc that moves 2 px per slice; as given, it stays where the prompt slice had it."""
+    k, j, i = np.mgrid[:4, :TILE, :TILE]
+    label = ((j - 16) ** 2 + (i - 10 - 2 * k) ** 2 <= 6**2).astype(np.uint8) * 3
+    volume = ndimage.gaussian_filter(label.astype(np.float32) * 40 + 20, sigma=(0, 1.0, 1.0))
+    prompts = _prompts(volume, label, [0])
+    predictor = Predictor(CopyPrompt(), device="cpu")
+    aligned = predictor.segment(volume, prompts, zoom="whole", modality="MR")
+    as_given = predictor.segment(volume, prompts, zoom="whole", modality="MR", **AS_GIVEN)
+    assert np.array_equal(aligned[0], label[0]) and np.array_equal(as_given[3], label[0])
+    assert dice_per_class(aligned[1:], label[1:])[3] > 0.9
+    assert dice_per_class(as_given[1:], label[1:])[3] < 0.7
+    with pytest.raises(ValueError, match="option align_prompts must be one of"):
+        predictor.segment(volume, prompts, align_prompts="rigid")
 
 
 def test_ct_window_sets_the_ct_range_and_leaves_other_modalities_alone():
@@ -193,8 +216,8 @@ def test_self_made_inpainting_prompts_are_the_hole_free_slices_nearest_the_holes
 def test_propagation_chains_each_slice_from_its_neighbour():
     volume, label = _scene()
     predictor = Predictor(CopyPrompt(shift=1), device="cpu")
-    direct = predictor.segment(volume, _prompts(volume, label, [2]))
-    chained = predictor.segment(volume, _prompts(volume, label, [2]), propagate=True)
+    direct = predictor.segment(volume, _prompts(volume, label, [2]), **AS_GIVEN)
+    chained = predictor.segment(volume, _prompts(volume, label, [2]), propagate=True, **AS_GIVEN)
     for q in range(8):
         assert np.array_equal(direct[q], label[2] if q == 2 else np.roll(label[2], 1, -1))
         assert np.array_equal(chained[q], np.roll(label[2], abs(q - 2), -1)), q

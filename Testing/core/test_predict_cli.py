@@ -168,3 +168,20 @@ def test_denoise_adaptation_flag_tunes_on_the_prompt_slices(tmp_path, checkpoint
     assert not np.array_equal(outputs["0"], outputs["2"])
     for index in (1, 4):
         assert np.array_equal(outputs["2"][index], clean[index])
+
+
+def test_segment_alignment_and_ct_window_flags(tmp_path, checkpoint):
+    image_path, sparse_path, _, sparse = _case(tmp_path, GEOMETRIES["flipped"], 0)
+    base = ["--checkpoint", str(checkpoint), "--task", "segment", "--input", str(image_path)]
+    base += ["--prompts", str(sparse_path), "--quiet"]
+    outputs = {}
+    for flag in ("off", "demons"):
+        out = tmp_path / f"seg_{flag}.nii.gz"
+        assert main([*base, "--align-prompts", flag, "--ct-window", "wide", "--output", str(out)]) == 0
+        outputs[flag] = read_volume(out).array
+    for index in PROMPT_SLICES[0]:  # prompt slices stay as painted either way
+        assert np.array_equal(outputs["demons"][index], sparse[index])
+    assert not np.array_equal(outputs["off"], outputs["demons"])
+    for flags in (["--align-prompts", "rigid"], ["--ct-window", "1,2,3"]):
+        with pytest.raises(SystemExit):
+            main([*base, *flags, "--output", str(tmp_path / "x.nii.gz")])
