@@ -514,6 +514,7 @@ def evaluate_volumes(
                 spacing=tuple(entry["spacing_kji"]),
                 modality=entry["modality"],
                 adapt_steps=steps,
+                align_prompts="off",  # the device image has no SimpleITK to register prompts with
             )
             dice = [d for d in dice_per_class(output[others], truth[others]).values() if math.isfinite(d)]
             row[f"dice_{name}"] = float(np.mean(dice)) if dice else float("nan")
