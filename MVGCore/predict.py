@@ -58,7 +58,7 @@ from .intensity import (
 from .masking import ar_mask
 from .model import MVGModel
 from .registration import METHODS as REGISTRATIONS
-from .registration import Registration
+from .registration import Registration, require_simpleitk
 from .slicewise import (
     SliceLoop,
     check_axis,
@@ -82,6 +82,10 @@ ALIGNMENTS = ("off", *REGISTRATIONS)
 DEFAULT_ALIGNMENT = "demons"
 """Measured: the bundled model's Dice on the whole-volume validation cases rises with it
 (docs/inference.md, "Prompt alignment")."""
+TASK_CT_WINDOWS = {"segment": "wide"}
+"""``ct_window`` of a task when the option is not given (the others use DEFAULT_CT_WINDOW, the
+window the image tasks were trained in): measured, the bundled model segments CT better in the
+wide window (docs/inference.md, "CT windows")."""
 IMAGE_SCALES = ("native", "fit")
 PROGRESS_FORMATS = ("log", "json")
 CT_AIR_THRESHOLD = -500.0
@@ -100,8 +104,9 @@ class Options:
         or "CT" | "MR" | "XR" | "US" | "OTHER", as :mod:`MVGCore.intensity` normalises them.
     window: CT window preset name or (low, high), overriding the modality's normalisation.
     ct_window: the window of volumes and prompts whose modality is (or is detected as) CT when
-        ``window`` is not given: the window the model was trained in ("paper", the MVG reference's
-        [-100, 200] HU, hides lung from air; "wide" keeps them apart, docs/inference.md).
+        ``window`` is not given: a preset name or (low, high) HU; None = the task's default
+        (``TASK_CT_WINDOWS``: "wide", [-1000, 400] HU, for segmentation, which keeps lung and air
+        apart; "paper", the MVG reference's [-100, 200] HU, for the image tasks; docs/inference.md).
     spacing: (k, j, i) voxel spacing (``Geometry.spacing_kji``); slices are fitted to the tile by
         their physical extent. None = isotropic pixels.
     k_prompts: prompts shown per query slice (the nearest by index; prompts from other volumes
@@ -141,7 +146,7 @@ class Options:
 
     modality: str = "auto"
     window: str | tuple[float, float] | None = None
-    ct_window: str | tuple[float, float] = DEFAULT_CT_WINDOW
+    ct_window: str | tuple[float, float] | None = None
     spacing: tuple[float, float, float] | None = None
     k_prompts: int = 1
     ensemble: str = "average"
@@ -164,10 +169,11 @@ class Options:
         if self.calibrate not in CALIBRATIONS:
             raise ValueError(f"option calibrate must be one of {CALIBRATIONS}, got {self.calibrate!r}")
         AdaptSettings(self.adapt_steps, self.adapt_lr)  # checks both
-        try:
-            object.__setattr__(self, "ct_window", ct_window(self.ct_window))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"option ct_window: {error}") from None
+        if self.ct_window is not None:
+            try:
+                object.__setattr__(self, "ct_window", ct_window(self.ct_window))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"option ct_window: {error}") from None
         if self.image_scale not in IMAGE_SCALES:
             raise ValueError(f"option image_scale must be one of {IMAGE_SCALES}, got {self.image_scale!r}")
         if self.tile_overlap is not None and (
@@ -215,12 +221,16 @@ class Options:
             raise ValueError(f"option ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")
 
     @classmethod
-    def parse(cls, options: dict[str, Any]) -> Options:
+    def parse(cls, options: dict[str, Any], task: str | None = None) -> Options:
+        """Checked options; for a ``task``, an unset ``ct_window`` becomes the task's default."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError(f"unknown Predictor option(s) {unknown}; known options are {sorted(known)}")
-        return cls(**options)
+        opts = cls(**options)
+        if task is not None and opts.ct_window is None:
+            opts = dataclasses.replace(opts, ct_window=TASK_CT_WINDOWS.get(task, DEFAULT_CT_WINDOW))
+        return opts
 
 
 @dataclass
@@ -333,7 +343,11 @@ class Predictor:
         ``zoom="prompts"`` (the default) the model runs on the in-plane region around the prompt
         labels (:mod:`MVGCore.zoom`); everything outside it is background.
         """
-        opts = Options.parse(options)
+        opts = Options.parse(options, "segment")
+        if opts.align_prompts != "off":
+            require_simpleitk(
+                f"option align_prompts={opts.align_prompts!r} (pass 'off' to segment without it)"
+            )
         volume, axis = _check_volume(image, "image"), check_axis(axis)
         prompts = required_prompts(prompts, "segment")
         in_range = self._input_range(volume, opts)  # of the whole volume, whatever the zoom
@@ -424,7 +438,7 @@ class Predictor:
         estimated on that slice (skimage ``estimate_sigma``) -> the slice. Those slices are
         denoised like any other.
         """
-        opts = Options.parse(options)
+        opts = Options.parse(options, "denoise")
         volume, axis = _check_volume(image, "image"), check_axis(axis)
         if opts.adapt_steps and not prompts:
             raise ValueError(
@@ -565,7 +579,7 @@ class Predictor:
         lie nearest to the holes become prompts: the slice with the hole of the nearest holed slice
         cut into it -> the slice.
         """
-        opts = Options.parse(options)
+        opts = Options.parse(options, "inpaint")
         _check_no_adaptation(opts, "inpaint")
         volume, axis = _check_volume(image, "image"), check_axis(axis)
         hole = np.asarray(hole_mask)
@@ -607,7 +621,7 @@ class Predictor:
         Targets are normalised with one range taken over all prompt targets together
         (``target_modality`` / ``target_window``), and the output is mapped back through it.
         """
-        opts = Options.parse(options)
+        opts = Options.parse(options, "synthesize")
         _check_no_adaptation(opts, "synthesize")
         volume, axis = _check_volume(source, "source"), check_axis(axis)
         prompts = required_prompts(prompts, "synthesize")
@@ -1393,8 +1407,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ct-window",
         type=parse_window,
-        default=DEFAULT_CT_WINDOW,
-        help=f"window of CT inputs when --window is not given: preset name or LOW,HIGH ({DEFAULT_CT_WINDOW})",
+        help="window of CT inputs when --window is not given: preset name or LOW,HIGH (default: "
+        f"{TASK_CT_WINDOWS['segment']} to segment, {DEFAULT_CT_WINDOW} for the image tasks)",
     )
     parser.add_argument("--k-prompts", type=int, default=1, help="prompts per query slice (default 1)")
     parser.add_argument("--ensemble", choices=ENSEMBLES, default="average", help="how K prompts combine")

@@ -96,6 +96,17 @@ class Registration:
         return sitk.CompositeTransform([affine, sitk.DisplacementFieldTransform(field)])
 
 
+def require_simpleitk(what: str) -> None:
+    """A one-line error naming ``what`` before any work, where SimpleITK is not installed (it is a
+    dependency of MVGCore, but a bare torch image, such as a GPU machine's, may lack it)."""
+    try:
+        import SimpleITK  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError(
+            f"{what} needs SimpleITK (pip install SimpleITK), which is not installed"
+        ) from None
+
+
 def _mattes_method(sitk):
     """Mutual information copes with prompts from another scan; fixed-seed sampling keeps it repeatable."""
     method = sitk.ImageRegistrationMethod()

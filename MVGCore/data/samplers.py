@@ -12,6 +12,7 @@ stream exactly, and DataLoader workers or DistributedSampler shards need no coor
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from torch.utils.data import Dataset
 from ..canvas import resize_plane
 from ..degrade import HOLE_MODELS, NOISE_MODELS, add_noise, apply_hole, make_hole, noise_level
 from ..intensity import IntensityRange, ct_window
+from ..registration import METHODS as REGISTRATIONS
+from ..registration import Registration, require_simpleitk
 from ..types import TASKS
 from .store import SliceStore, StoredCase
 
@@ -39,6 +42,7 @@ costs ~0.15 s per tile on one CPU core."""
 
 
 PAIRINGS = ("propagation", "independent")
+ALIGNMENTS = ("off", *REGISTRATIONS)
 
 
 @dataclass
@@ -100,6 +104,11 @@ class SamplerConfig:
     small independent jitter: what inference in a volume sees) or "independent" (any two foreground
     slices, independent crops: the reference's pairs)."""
     propagation: PropagationConfig = field(default_factory=lambda: PropagationConfig())
+    align_prompts: str = "off"
+    """Segmentation: warp the prompt half (image and label) onto the query half by 2D
+    registration after every augmentation, as inference does (``Options.align_prompts``):
+    "demons", "bspline", "affine" or "off". A warp that pushes the label out of the tile keeps
+    the prompt as it lay, as inference does. Costs about 0.1 s per sample on one core."""
     zoom_prob: float = 0.0
     """Segmentation: chance of a view centred on the kept structures' box (with margin), the zoom
     inference applies (:mod:`MVGCore.zoom`); otherwise a crop of the whole slice."""
@@ -153,6 +162,10 @@ class SamplerConfig:
         if unknown:
             raise ValueError(f"sampler config ct_windows names unknown tasks {unknown}; tasks are {TASKS}")
         self.ct_windows = {task: ct_window(window) for task, window in self.ct_windows.items()}
+        if self.align_prompts not in ALIGNMENTS:
+            raise ValueError(
+                f"sampler config align_prompts must be one of {ALIGNMENTS}, got {self.align_prompts!r}"
+            )
         if self.pairing not in PAIRINGS:
             raise ValueError(f"sampler config pairing must be one of {PAIRINGS}, got {self.pairing!r}")
         if (
@@ -209,6 +222,8 @@ class InContextDataset(Dataset):
         self.store = store if isinstance(store, SliceStore) else SliceStore(store)
         self.config = config if isinstance(config, SamplerConfig) else SamplerConfig.from_dict(config)
         self.config.validate()
+        if self.config.align_prompts != "off" and self.config.tasks.get("segment", 0) > 0:
+            require_simpleitk(f"sampler config align_prompts={self.config.align_prompts!r}")
         if length < 1:
             raise ValueError(f"length (samples per epoch) must be positive, got {length}")
         # Checked against the whole store, so that a view of some of its cases (a train/validation
@@ -332,10 +347,15 @@ class InContextDataset(Dataset):
         )
         if propagation:
             prompt_image, prompt_label = move_half(rng, self.config.propagation, prompt_image, prompt_label)
+        prompt_image, query_image = jitter(prompt_image), jitter(query_image)
+        if self.config.align_prompts != "off":
+            prompt_image, prompt_label = align_prompt(
+                self.config.align_prompts, query_image, prompt_image, prompt_label
+            )
         return {
-            "prompt_image": jitter(prompt_image),
+            "prompt_image": prompt_image,
             "prompt_target": prompt_label.astype(np.int64),
-            "query_image": jitter(query_image),
+            "query_image": query_image,
             "query_target": query_label.astype(np.int64),
         }
 
@@ -647,6 +667,20 @@ def move_half(
     moved_image = F.grid_sample(planes[:1], grid, mode="bilinear", align_corners=False)[0, 0]
     moved_label = F.grid_sample(planes[1:], grid, mode="nearest", align_corners=False)[0, 0]
     return moved_image.numpy(), moved_label.numpy().astype(label.dtype)
+
+
+def align_prompt(
+    method: str, query_image: np.ndarray, prompt_image: np.ndarray, prompt_label: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The prompt half registered onto the query half (``SamplerConfig.align_prompts``), or as
+    it lay when the warp leaves no label. Registration failures fall back to the centred
+    transform silently here: a training stream would otherwise log one warning per empty slice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image, label = Registration(method).warp(query_image, prompt_image, prompt_label)
+    if not label.any():
+        return prompt_image, prompt_label
+    return image.astype(np.float32), label.astype(prompt_label.dtype)
 
 
 def _weighted_choice(rng: np.random.Generator, items: list, weights: list[float]):

@@ -169,7 +169,7 @@ def test_ct_window_sets_the_ct_range_and_leaves_other_modalities_alone():
     def denoised(**options):
         return predictor.denoise(volume, pairs, calibrate="off", **options)[3]
 
-    assert np.allclose(denoised(modality="CT"), -100.0, atol=1.0)  # the default stays the paper's
+    assert np.allclose(denoised(modality="CT"), -100.0, atol=1.0)  # denoising's default is the paper's
     assert np.allclose(denoised(modality="CT", ct_window="wide"), -850.0, atol=2.0)
     assert np.allclose(denoised(modality="CT", ct_window=(-900, 0)), -850.0, atol=2.0)
     assert np.allclose(denoised(modality="CT", ct_window="wide", window="paper"), -100.0, atol=1.0)
@@ -178,6 +178,36 @@ def test_ct_window_sets_the_ct_range_and_leaves_other_modalities_alone():
         denoised(modality="CT", ct_window="lungs")
     with pytest.raises(ValueError, match=r"option ct_window: window \(400, -1000\) is inverted"):
         denoised(ct_window=(400, -1000))
+
+
+class SeenImages(CopyPrompt):
+    """CopyPrompt that keeps the image canvases it is shown."""
+
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
+        self.seen.append(images.clone())
+        return super().forward(images, targets, mask, ensemble_k, query_only, tasks)
+
+
+def test_unset_ct_window_is_wide_to_segment_and_paper_for_image_tasks():
+    volume, label = _scene()
+    volume = volume - 600.0  # spans lung and soft tissue in HU, which the two windows show differently
+    model = SeenImages()
+    predictor = Predictor(model, device="cpu")
+
+    def canvases(task, **options):
+        model.seen = []
+        if task == "segment":
+            predictor.segment(volume, _prompts(volume, label, [2]), modality="CT", **AS_GIVEN, **options)
+        else:
+            predictor.denoise(
+                volume, [Prompt(volume[2], volume[2], 2)], modality="CT", calibrate="off", **options
+            )
+        return torch.cat(model.seen)
+
+    assert torch.equal(canvases("segment"), canvases("segment", ct_window="wide"))
+    assert not torch.equal(canvases("segment"), canvases("segment", ct_window="paper"))
+    assert torch.equal(canvases("denoise"), canvases("denoise", ct_window="paper"))
+    assert not torch.equal(canvases("denoise"), canvases("denoise", ct_window="wide"))
 
 
 def test_self_made_prompts_for_denoise_and_inpaint():

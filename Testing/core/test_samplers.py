@@ -383,6 +383,43 @@ def test_store_and_samplers_work_without_simpleitk(store):
     assert result.stdout.strip() in ALL_TASKS
 
 
+def test_registration_users_name_the_missing_simpleitk_before_any_work(store):
+    """Aligned prompts (training pairs and inference) need SimpleITK; without it the error says
+    which option asked for it, in one line."""
+    code = (
+        "import sys; sys.modules['SimpleITK'] = None\n"
+        "import numpy as np\n"
+        "from MVGCore.data.samplers import InContextDataset\n"
+        "from MVGCore.config import config_for\n"
+        "from MVGCore.model import MVGModel\n"
+        "from MVGCore.predict import Predictor\n"
+        "model = MVGModel(config_for('tiny', tile_size=32, depth=2, embed_dim=48, num_heads=2, merge_index=0,"
+        " feature_blocks=(1,), decoder_dim=8))\n"
+        "from MVGCore.types import Prompt\n"
+        "for make in (\n"
+        f"    lambda: InContextDataset({str(store.path)!r}, {{'align_prompts': 'demons'}}),\n"
+        "    lambda: Predictor(model, device='cpu').segment(\n"
+        "        np.zeros((2, 8, 8)), [Prompt(np.zeros((8, 8)), np.ones((8, 8), np.uint8), 0)]\n"
+        "    ),\n"
+        "):\n"
+        "    try:\n"
+        "        make()\n"
+        "    except ModuleNotFoundError as error:\n"
+        "        print(error)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "sampler config align_prompts='demons' needs SimpleITK (pip install SimpleITK), which is not "
+        "installed",
+        "option align_prompts='demons' (pass 'off' to segment without it) needs SimpleITK (pip install "
+        "SimpleITK), which is not installed",
+    ]
+
+
 @pytest.mark.slow
 def test_tiny_training_run_on_phantom_nifti(tmp_path):
     """Phantom NIfTI -> prepare -> sampler -> canvases -> model: the loss on held-out samples falls."""
