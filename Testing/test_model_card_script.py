@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_model_card.py"
 spec = importlib.util.spec_from_file_location("make_model_card", SCRIPT)
 make_model_card = importlib.util.module_from_spec(spec)
@@ -96,3 +98,47 @@ def test_tasks_no_case_scores_are_named_as_unmeasured():
     lines = make_model_card.unmeasured_lines(["denoise", "inpaint", "segment", "synthesize"], records)
     assert len(lines) == 1 and lines[0].startswith("- Synthesize is not measured")
     assert make_model_card.unmeasured_lines(["segment"], records) == []
+
+
+def _evaluation() -> dict:
+    """A previous card's evaluation: one segmentation command, one of two image tasks."""
+    return {
+        "commands": ["evaluate --tasks segment", "evaluate --tasks denoise inpaint"],
+        "settings": [{"tasks": ["segment"]}, {"tasks": ["denoise", "inpaint"]}],
+        "summary": {"segment": {"mvg": {}}, "denoise": {"mvg": {}}, "inpaint": {"mvg": {}}},
+        "per_case": {
+            "pydicom-data/chest_xr/segment": {"mvg": {"dice": 0.4}},
+            "pydicom-data/chest_xr/denoise": {"mvg": {"psnr": 30.0, "ssim": 0.8, "seconds": 1.0}},
+            "pyradiomics/lung2/inpaint": {
+                "mvg": {"psnr": 20.0, "ssim": 0.7, "psnr_hole": 15.0, "ssim_hole": 0.3, "seconds": 1.0},
+                "classical": {"psnr": 21.0, "ssim": 0.7, "psnr_hole": 16.0, "ssim_hole": 0.3, "seconds": 2.0},
+            },
+        },
+    }
+
+
+def test_a_republication_carries_over_only_the_kept_tasks_whole_commands_and_cases():
+    kept = make_model_card.kept_evaluation(_evaluation(), ["denoise", "inpaint"])
+    assert kept["commands"] == ["evaluate --tasks denoise inpaint"]
+    assert kept["settings"] == [{"tasks": ["denoise", "inpaint"]}]
+    assert sorted(kept["summary"]) == ["denoise", "inpaint"]
+    assert [(r["dataset"], r["case"], r["task"]) for r in kept["records"]] == [
+        ("pydicom-data", "chest_xr", "denoise"),
+        ("pyradiomics", "lung2", "inpaint"),
+    ]
+    text = "\n".join(make_model_card.kept_lines(kept))
+    assert "- `evaluate --tasks denoise inpaint`" in text and "segment" not in text
+    assert "| classical | 21 ± 0 (n=1)" in text
+    assert make_model_card.verdicts(kept["records"], "mvg")[1] == (
+        "- inpaint pyradiomics/lung2: 15.000 does NOT beat classical"
+    )
+
+
+def test_a_command_cannot_be_carried_over_half_nor_an_absent_task():
+    with pytest.raises(ValueError, match="keep all or none"):
+        make_model_card.kept_evaluation(_evaluation(), ["denoise"])
+    evaluation = _evaluation()
+    del evaluation["per_case"]["pydicom-data/chest_xr/segment"]
+    evaluation["commands"], evaluation["settings"] = evaluation["commands"][1:], evaluation["settings"][1:]
+    with pytest.raises(ValueError, match=r"no evaluation of \['segment'\]"):
+        make_model_card.kept_evaluation(evaluation, ["segment"])

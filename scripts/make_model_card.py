@@ -3,12 +3,19 @@
     python scripts/make_model_card.py [--previous-card OLD/model_card.json] --stage RUN LOG "CMD" \
         [--stage ...] --eval EVAL_DIR "EVAL CMD" [--eval ...] --prepare-command "..." \
         [--default-method "mvg"] [--demo results.json]
+    python scripts/make_model_card.py --republish --previous-card Resources/Models/model_card.json \
+        --eval EVAL_DIR "EVAL CMD" [--keep-tasks denoise inpaint] --prepare-command "..." [--demo ...]
 
 Reads each training stage's run folder (config, split, summary, metrics; the last stage is the
 shipped model), its log (wall time) and an
 ``python -m MVGCore.evaluate`` report; writes Resources/Models/<name>.safetensors + .json (the
 checkpoint), model_card.json, MODEL_CARD.md and the Models.json registry entry. Every number in
 the card is copied from those files; nothing is typed in by hand.
+
+``--republish`` re-measures the bundled weights after an inference change (a new default
+option): the weights stay as they are (their sha256 must be the previous card's), the stages and
+split come from the previous card, and ``--keep-tasks`` carries over its evaluations of the tasks
+the change leaves alone.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 import yaml
 
 from MVGCore.checkpoint import load_model, save_model, sha256_of
+from MVGCore.evaluate import summary_table
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "Resources" / "Models"
@@ -52,7 +60,7 @@ def main() -> None:
         "--stage",
         nargs=3,
         action="append",
-        required=True,
+        default=[],
         metavar=("RUN", "LOG", "COMMAND"),
         help="a training stage: run folder, its log, the command that ran it (in order; last = shipped)",
     )
@@ -75,6 +83,20 @@ def main() -> None:
         "--previous-card",
         type=Path,
         help="model_card.json of the model the first --stage started from (--init): its stages come first",
+    )
+    parser.add_argument(
+        "--republish",
+        action="store_true",
+        help="the bundled weights unchanged (sha256 as in --previous-card), newly evaluated; stages "
+        "and split from --previous-card, no --stage",
+    )
+    parser.add_argument(
+        "--keep-tasks",
+        nargs="+",
+        default=[],
+        choices=sorted(PRIMARY),
+        help="with --republish: carry over the previous card's evaluations of these tasks (those the "
+        "inference change does not touch) instead of re-running them",
     )
     parser.add_argument(
         "--ship-step",
@@ -104,27 +126,48 @@ def main() -> None:
 
     if args.ship_step is not None and not args.picked_by:
         parser.error("--ship-step needs --picked-by (what the checkpoint was chosen on)")
+    if args.republish and (args.stage or args.ship_step is not None or not args.previous_card):
+        parser.error(
+            "--republish takes its stages from --previous-card: give it, and no --stage or --ship-step"
+        )
+    if not args.republish and (not args.stage or args.keep_tasks):
+        parser.error("give at least one --stage (or --republish); --keep-tasks needs --republish")
+    previous = json.loads(args.previous_card.read_text()) if args.previous_card else None
     stages = [describe_stage(Path(run), Path(log), command) for run, log, command in args.stage[:-1]]
-    stages.append(describe_stage(*(Path(a) for a in args.stage[-1][:2]), args.stage[-1][2], args.ship_step))
-    if args.previous_card:
-        previous = json.loads(args.previous_card.read_text())
+    if args.stage:
+        stage = args.stage[-1]
+        stages.append(describe_stage(Path(stage[0]), Path(stage[1]), stage[2], args.ship_step))
+    if previous:
         earlier = [
             {"train_cases": previous["data"]["train_cases"], **stage}
             for stage in previous["training"]["stages"]
         ]
         stages = earlier + stages
-    final = Path(args.stage[-1][0])
-    summary = json.loads((final / "summary.json").read_text())
-    split = json.loads((final / "split.json").read_text())
     reports = [(Path(folder), command) for folder, command in args.eval]
     evaluations = [json.loads((folder / "summary.json").read_text()) for folder, _ in reports]
     tables = [(folder / "summary.md").read_text().strip() for folder, _ in reports]
     records = [
         json.loads(p.read_text()) for folder, _ in reports for p in sorted((folder / "cases").glob("*.json"))
     ]
+    kept = kept_evaluation(previous["evaluation"], args.keep_tasks) if args.keep_tasks else None
+    if kept:
+        twice = sorted({r["task"] for r in records} & set(args.keep_tasks))
+        if twice:
+            parser.error(f"--keep-tasks {twice}: the new --eval reports evaluate them too")
+        records += kept["records"]
     shared = shared_images(records, [stage["train_cases"] for stage in stages])
 
-    shipped = summary["checkpoint"]
+    if args.republish:
+        shipped = MODELS / f"{NAME}.safetensors"
+        if sha256_of(shipped) != previous["sha256"]:
+            parser.error(
+                f"--republish: {shipped} is not the weights of {args.previous_card} (sha256 differs)"
+            )
+        split = {"train": previous["data"]["train_cases"], "val": previous["data"]["validation_cases"]}
+    else:
+        final = Path(args.stage[-1][0])
+        shipped = json.loads((final / "summary.json").read_text())["checkpoint"]
+        split = json.loads((final / "split.json").read_text())
     if args.ship_step is not None:
         shipped = final / "checkpoints" / f"step_{args.ship_step:06d}.safetensors"
         if not shipped.is_file():
@@ -149,10 +192,13 @@ def main() -> None:
             "stages": stages,
         },
         "evaluation": {
-            "commands": [command for _, command in reports],
+            "commands": [command for _, command in reports] + (kept["commands"] if kept else []),
             "default_method": args.default_method,
-            "summary": {task: v for e in evaluations for task, v in e["summary"].items()},
-            "settings": [e["settings"] for e in evaluations],
+            "summary": {
+                **{task: v for e in evaluations for task, v in e["summary"].items()},
+                **(kept["summary"] if kept else {}),
+            },
+            "settings": [e["settings"] for e in evaluations] + (kept["settings"] if kept else []),
             "per_case": {f"{r['dataset']}/{r['case']}/{r['task']}": r["methods"] for r in records},
             "cases_sharing_a_training_image": shared,
         },
@@ -161,9 +207,12 @@ def main() -> None:
         card["demo"] = {"command": "python -m MVGCore.demo", **json.loads(args.demo.read_text())}
         card["demo"].pop("output", None)
     MODELS.mkdir(parents=True, exist_ok=True)
-    weights = save_model(
-        MODELS / f"{NAME}.safetensors", model, extra={"model_card": "model_card.json"}, half=True
-    )
+    if args.republish:
+        weights = shipped  # bit for bit the weights the previous card describes
+    else:
+        weights = save_model(
+            MODELS / f"{NAME}.safetensors", model, extra={"model_card": "model_card.json"}, half=True
+        )
     card["sha256"] = sha256_of(weights)
     card["size_bytes"] = weights.stat().st_size
     (MODELS / "model_card.json").write_text(json.dumps(card, indent=2, allow_nan=True) + "\n")
@@ -212,6 +261,7 @@ def main() -> None:
         "## Measured quality (validation split)",
         "",
         *(line for (_, command), table in zip(reports, tables) for line in (f"`{command}`", "", table, "")),
+        *(kept_lines(kept) if kept else []),
         "",
         "Segmentation: Dice on the non-prompt slices of each case; image tasks: PSNR in dB on [0, 1]",
         "scaled images (inpainting also inside the hole). The baselines are described in",
@@ -246,6 +296,46 @@ def main() -> None:
     ]
     (MODELS / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {weights}, model_card.json, MODEL_CARD.md and the Models.json entry")
+
+
+def kept_evaluation(evaluation: dict, tasks: list[str]) -> dict:
+    """The previous card's evaluations of ``tasks`` (commands, settings, per-case records and
+    summaries), for a republication whose inference change leaves those tasks alone. A command
+    that also evaluated another task cannot be carried over half, so it is refused."""
+    commands, settings = [], []
+    for command, setting in zip(evaluation["commands"], evaluation["settings"]):
+        covered = set(setting["tasks"]) & set(tasks)
+        if covered and covered != set(setting["tasks"]):
+            raise ValueError(
+                f"the previous card's `{command}` evaluates {setting['tasks']}: keep all or none"
+            )
+        if covered:
+            commands.append(command)
+            settings.append(setting)
+    records = []
+    for key, methods in evaluation["per_case"].items():
+        dataset, case, task = key.rsplit("/", 2)
+        if task in tasks:
+            records.append({"dataset": dataset, "case": case, "task": task, "methods": methods})
+    if not records:
+        raise ValueError(f"the previous card has no evaluation of {tasks} to keep")
+    summary = {task: value for task, value in evaluation["summary"].items() if task in tasks}
+    return {"commands": commands, "settings": settings, "records": records, "summary": summary}
+
+
+def kept_lines(kept: dict) -> list[str]:
+    """Markdown for carried-over evaluations: their commands, then one table over their cases."""
+    names = list(dict.fromkeys(name for r in kept["records"] for name in r["methods"]))
+    tasks = sorted({r["task"] for r in kept["records"]})
+    return [
+        f"Carried over from the previous card ({', '.join(tasks)}; the same weights, and the change",
+        "this card republishes them for does not touch these tasks), measured by:",
+        "",
+        *(f"- `{command}`" for command in kept["commands"]),
+        "",
+        summary_table(kept["records"], names),
+        "",
+    ]
 
 
 def unmeasured_lines(tasks: list[str], records: list[dict]) -> list[str]:
