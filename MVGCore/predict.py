@@ -82,6 +82,7 @@ ALIGNMENTS = ("off", *REGISTRATIONS)
 DEFAULT_ALIGNMENT = "demons"
 """Measured: the bundled model's Dice on the whole-volume validation cases rises with it
 (docs/inference.md, "Prompt alignment")."""
+ANSWERS = ("trim", "model")
 TASK_CT_WINDOWS = {"segment": "wide"}
 """``ct_window`` of a task when the option is not given (the others use DEFAULT_CT_WINDOW, the
 window the image tasks were trained in): measured, the bundled model segments CT better in the
@@ -128,6 +129,11 @@ class Options:
         registration (its image and label, at tile resolution; :mod:`MVGCore.registration`)
         before the model sees it: "demons" (affine, then demons, as the registration baseline),
         "bspline", "affine", or "off" (the prompt as it lies).
+    answer: segmentation with aligned prompts: "trim" returns the nearest prompt's aligned label
+        where the model answers foreground and background elsewhere (the model decides where a
+        structure is, as when one ends or shrinks; registration which structure it is, so the
+        answer never extends past the registered label); "model" returns the model's own classes.
+        Without alignment the answer is the model's.
     image_scale: image tasks: "native" cuts every slice into overlapping tiles at 1:1 pixels
         (``tile_overlap`` pixels of overlap, a quarter tile by default, blended; slices smaller
         than a tile are padded, not enlarged), prompts tiled the same way (:mod:`MVGCore.tiling`);
@@ -159,6 +165,7 @@ class Options:
     zoom: str = "prompts"
     zoom_margin: float = ZOOM_MARGIN
     align_prompts: str = DEFAULT_ALIGNMENT
+    answer: str = "trim"
     adapt_steps: int = 0
     adapt_lr: float = ADAPT_LR
     image_scale: str = "native"
@@ -186,6 +193,8 @@ class Options:
             )
         if self.align_prompts not in ALIGNMENTS:
             raise ValueError(f"option align_prompts must be one of {ALIGNMENTS}, got {self.align_prompts!r}")
+        if self.answer not in ANSWERS:
+            raise ValueError(f"option answer must be one of {ANSWERS}, got {self.answer!r}")
         if self.zoom not in ZOOMS:
             raise ValueError(f"option zoom must be one of {ZOOMS}, got {self.zoom!r}")
         if (
@@ -1050,7 +1059,10 @@ class Predictor:
         want_spread = job.options.return_disagreement
         if job.segmentation:
             classes = sorted({c for e in chosen for c in e.classes})
-            final = self._labels(job, group.mean(0, keepdim=True), classes)[0]
+            trim_to = None
+            if job.options.align_prompts != "off" and job.options.answer == "trim":
+                trim_to = chosen[0].target  # the nearest prompt's label, aligned onto this query
+            final = self._labels(job, group.mean(0, keepdim=True), classes, trim_to)[0]
             spread = None
             if want_spread:
                 votes = self._labels(job, single, classes)
@@ -1067,8 +1079,14 @@ class Predictor:
             spread = (np.std(each, axis=0) * (job.out_range.high - job.out_range.low)).astype(np.float32)
         return plane, spread
 
-    def _labels(self, job: _Job, rgb: torch.Tensor, classes: list[int]) -> list[np.ndarray]:
+    def _labels(
+        self, job: _Job, rgb: torch.Tensor, classes: list[int], trim_to: np.ndarray | None = None
+    ) -> list[np.ndarray]:
+        """Decoded label planes on the input grid; with ``trim_to`` (a label tile), its classes
+        where the decoded answer is foreground (``Options.answer="trim"``)."""
         tiles = decode(rgb, job.table, classes).numpy()
+        if trim_to is not None:
+            tiles = np.where(tiles > 0, trim_to, 0).astype(tiles.dtype)
         return [unfit_from_tile(t, job.fit, True) for t in tiles]
 
 
@@ -1432,6 +1450,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"segment: warp each prompt onto its query slice by 2D registration first ({DEFAULT_ALIGNMENT})",
     )
     parser.add_argument(
+        "--answer",
+        choices=ANSWERS,
+        default="trim",
+        help="segment with aligned prompts: the aligned prompt label where the model answers foreground "
+        "(trim, the default), or the model's own classes",
+    )
+    parser.add_argument(
         "--image-scale",
         choices=IMAGE_SCALES,
         default="native",
@@ -1507,6 +1532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             zoom=args.zoom,
             zoom_margin=args.zoom_margin,
             align_prompts=args.align_prompts,
+            answer=args.answer,
             adapt_steps=args.adapt_steps,
         )
     else:

@@ -9,7 +9,7 @@ from MVGCore.checkpoint import save_model
 from MVGCore.config import config_for
 from MVGCore.metrics import dice_per_class
 from MVGCore.model import MVGModel
-from MVGCore.predict import Predictor
+from MVGCore.predict import ANSWERS, Predictor
 from MVGCore.types import Cancelled, CancelToken, Prompt
 
 TILE = 32
@@ -178,6 +178,41 @@ def test_ct_window_sets_the_ct_range_and_leaves_other_modalities_alone():
         denoised(modality="CT", ct_window="lungs")
     with pytest.raises(ValueError, match=r"option ct_window: window \(400, -1000\) is inverted"):
         denoised(ct_window=(400, -1000))
+
+
+class MirrorPrompt(CopyPrompt):
+    """Answers with the prompt's target canvas mirrored left to right: the right extent for a
+    mirror-symmetric scene, with every class on the wrong side."""
+
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
+        top = torch.flip(targets[..., : targets.shape[-2] // 2, :], dims=[-1])
+        return top if query_only else torch.cat([top, top], dim=-2)
+
+
+def test_trimmed_answer_takes_classes_from_the_aligned_prompt_and_extent_from_the_model():
+    """Two discs, class 3 left and 7 right, mirror images of each other, moving 1 px per slice.
+    The mirroring stand-in finds where foreground is but swaps the classes; the default answer
+    ("trim") keeps its extent with the aligned prompt's classes, "model" keeps its swap, and
+    without alignment the answer is the model's either way."""
+    k, j, i = np.mgrid[:4, :TILE, :TILE]
+    label = np.zeros((4, TILE, TILE), np.uint8)
+    label[(j - 12 - k) ** 2 + (i - 9) ** 2 <= 25] = 3
+    label[(j - 12 - k) ** 2 + (i - 22) ** 2 <= 25] = 7
+    volume = ndimage.gaussian_filter(label.astype(np.float32) * 20 + 20, sigma=(0, 1.0, 1.0))
+    prompts = _prompts(volume, label, [0])
+    predictor = Predictor(MirrorPrompt(), device="cpu")
+    trimmed = predictor.segment(volume, prompts, zoom="whole", modality="MR")
+    own = predictor.segment(volume, prompts, zoom="whole", modality="MR", answer="model")
+    assert min(dice_per_class(trimmed[1:], label[1:]).values()) > 0.85
+    assert max(dice_per_class(own[1:], label[1:]).values()) < 0.1  # classes on the wrong side
+    extent = [(answer[1:] > 0).astype(np.uint8) for answer in (own, trimmed)]
+    assert dice_per_class(*extent)[1] > 0.9  # the model's extent either way
+    as_given = [
+        predictor.segment(volume, prompts, zoom="whole", modality="MR", answer=a, **AS_GIVEN) for a in ANSWERS
+    ]
+    assert np.array_equal(*as_given)
+    with pytest.raises(ValueError, match="option answer must be one of"):
+        predictor.segment(volume, prompts, answer="registered")
 
 
 class SeenImages(CopyPrompt):

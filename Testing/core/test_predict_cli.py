@@ -182,6 +182,9 @@ def test_segment_alignment_and_ct_window_flags(tmp_path, checkpoint):
     for index in PROMPT_SLICES[0]:  # prompt slices stay as painted either way
         assert np.array_equal(outputs["demons"][index], sparse[index])
     assert not np.array_equal(outputs["off"], outputs["demons"])
-    for flags in (["--align-prompts", "rigid"], ["--ct-window", "1,2,3"]):
+    out = tmp_path / "seg_model_answer.nii.gz"
+    assert main([*base, "--answer", "model", "--ct-window", "wide", "--output", str(out)]) == 0
+    assert not np.array_equal(read_volume(out).array, outputs["demons"])  # the default trims
+    for flags in (["--align-prompts", "rigid"], ["--ct-window", "1,2,3"], ["--answer", "union"]):
         with pytest.raises(SystemExit):
             main([*base, *flags, "--output", str(tmp_path / "x.nii.gz")])
