@@ -99,6 +99,13 @@ def main() -> None:
         "inference change does not touch) instead of re-running them",
     )
     parser.add_argument(
+        "--caveat",
+        action="append",
+        default=[],
+        help="a Limitations line recorded verbatim (repeatable), e.g. which inference defaults were "
+        "chosen on the cases of this card",
+    )
+    parser.add_argument(
         "--ship-step",
         type=int,
         help="ship the last stage's checkpoint of this step instead of its final one (the card says "
@@ -201,6 +208,8 @@ def main() -> None:
             "settings": [e["settings"] for e in evaluations] + (kept["settings"] if kept else []),
             "per_case": {f"{r['dataset']}/{r['case']}/{r['task']}": r["methods"] for r in records},
             "cases_sharing_a_training_image": shared,
+            "caveats": args.caveat,
+            "republished": bool(args.republish),
         },
     }
     if args.demo:
@@ -292,10 +301,20 @@ def main() -> None:
         f"- Tiles are {card['tile_size']} px. Segmentation zooms onto the prompts' region"
         ' (`zoom="prompts"`), so a structure that leaves that region between prompt slices is cut off.',
         shipped_line(len(stages), stages[-1], args.picked_by),
+        *(
+            [
+                f"- Republished on {datetime.now():%Y-%m-%d} with the weights unchanged: the new evaluations "
+                "measure the inference defaults of that date."
+            ]
+            if args.republish
+            else []
+        ),
+        *(f"- {caveat}" for caveat in args.caveat),
         *unmeasured_lines(card["tasks"], records),
     ]
     (MODELS / "MODEL_CARD.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {weights}, model_card.json, MODEL_CARD.md and the Models.json entry")
+    action = "kept" if args.republish else "wrote"
+    print(f"{action} {weights}; wrote model_card.json, MODEL_CARD.md and the Models.json entry")
 
 
 def kept_evaluation(evaluation: dict, tasks: list[str]) -> dict:
