@@ -142,3 +142,23 @@ def test_a_command_cannot_be_carried_over_half_nor_an_absent_task():
     evaluation["commands"], evaluation["settings"] = evaluation["commands"][1:], evaluation["settings"][1:]
     with pytest.raises(ValueError, match=r"no evaluation of \['segment'\]"):
         make_model_card.kept_evaluation(evaluation, ["segment"])
+
+
+def test_per_case_tables_join_reports_that_ran_different_variants():
+    records = [
+        {
+            "dataset": "d",
+            "case": "a",
+            "task": "segment",
+            "methods": {"mvg": {"dice": 0.5}, "mvg[x=1]": {"dice": 0.4}},
+        },
+        {
+            "dataset": "d",
+            "case": "b",
+            "task": "segment",
+            "methods": {"mvg": {"dice": 0.6}, "classical": {"dice": 0.3}},
+        },
+    ]
+    lines = make_model_card.per_case_table(records)
+    assert "| case | mvg | mvg[x=1] | classical |" in lines
+    assert "| d/a | 0.500 | 0.400 | - |" in lines and "| d/b | 0.600 | - | 0.300 |" in lines

@@ -476,7 +476,7 @@ def per_case_table(records: list[dict]) -> list[str]:
         rows = [r for r in records if r["task"] == task]
         if not rows:
             continue
-        names = list(rows[0]["methods"])
+        names = list(dict.fromkeys(n for r in rows for n in r["methods"]))  # reports may differ
         lines += [
             f"**{task}** ({PRIMARY[task]})",
             "",
@@ -484,8 +484,8 @@ def per_case_table(records: list[dict]) -> list[str]:
             "|---" * (len(names) + 1) + "|",
         ]
         for r in rows:
-            values = [r["methods"][n][PRIMARY[task]] for n in names]
-            lines.append(f"| {r['dataset']}/{r['case']} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+            cells = [f"{r['methods'][n][PRIMARY[task]]:.3f}" if n in r["methods"] else "-" for n in names]
+            lines.append(f"| {r['dataset']}/{r['case']} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
