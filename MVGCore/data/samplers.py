@@ -162,6 +162,8 @@ class SamplerConfig:
         if unknown:
             raise ValueError(f"sampler config ct_windows names unknown tasks {unknown}; tasks are {TASKS}")
         self.ct_windows = {task: ct_window(window) for task, window in self.ct_windows.items()}
+        if self.align_prompts is False:  # YAML reads an unquoted `off` as false
+            self.align_prompts = "off"
         if self.align_prompts not in ALIGNMENTS:
             raise ValueError(
                 f"sampler config align_prompts must be one of {ALIGNMENTS}, got {self.align_prompts!r}"

@@ -116,6 +116,8 @@ def test_aligned_prompts_lie_on_the_query_as_inference_aligns_them(shifted_store
         assert after["prompt_image"].dtype == np.float32 and after["prompt_target"].dtype == np.int64
     with pytest.raises(ValueError, match="align_prompts must be one of"):
         InContextDataset(shifted_store, {**config, "align_prompts": "rigid"})
+    unquoted = InContextDataset(shifted_store, {**config, "align_prompts": False})  # YAML's `off`
+    assert unquoted.config.align_prompts == "off"
 
 
 def test_sampler_refuses_an_unknown_query_slices_choice(shifted_store):

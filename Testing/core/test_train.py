@@ -106,6 +106,35 @@ def test_init_starts_from_the_checkpoint_weights(store, tmp_path):
     assert records(second, "val")[0]["val_loss"] == pytest.approx(first["val"]["val_loss"], rel=1e-6)
 
 
+def test_a_checkpoint_of_another_tile_size_initialises_by_resampling_its_rel_pos_tables(tmp_path):
+    """Tile 32 -> 48 (patch 8): the relative-position tables of the two-tile canvas grow from
+    15 x 7 to 23 x 11 positions by linear resampling, everything else loads as it is, a constant
+    table stays constant; a mismatch in any other tensor is still refused."""
+    from MVGCore.checkpoint import save_model
+    from MVGCore.config import config_for
+    from MVGCore.model import MVGModel
+    from MVGCore.train import _initialise, resize_rel_pos_tables
+
+    small = MVGModel(config_for("tiny", **MODEL))
+    with torch.no_grad():
+        small.blocks[0].attn.rel_pos_h.fill_(0.25)
+    path = save_model(tmp_path / "small.safetensors", small)
+    large = MVGModel(config_for("tiny", **{**MODEL, "tile_size": 48}))
+    _initialise(
+        large, small_config(data=["unused"], init=str(path), model_overrides={**MODEL, "tile_size": 48})
+    )
+    assert small.blocks[0].attn.rel_pos_h.shape[0] == 15 and large.blocks[0].attn.rel_pos_h.shape[0] == 23
+    assert large.blocks[0].attn.rel_pos_w.shape[0] == 11
+    assert torch.allclose(
+        large.blocks[0].attn.rel_pos_h, torch.full_like(large.blocks[0].attn.rel_pos_h, 0.25)
+    )
+    assert torch.equal(large.blocks[1].mlp.fc1.weight, small.blocks[1].mlp.fc1.weight)
+    weights = small.state_dict()
+    weights["blocks.1.mlp.fc1.weight"] = weights["blocks.1.mlp.fc1.weight"][:, :4]
+    resized = resize_rel_pos_tables(weights, large.state_dict())
+    assert resized["blocks.1.mlp.fc1.weight"].shape[1] == 4  # left for load_state_dict to refuse
+
+
 @pytest.mark.slow
 def test_train_modules_trains_only_them_on_top_of_init_weights(store, tmp_path):
     first = train(small_config(data=[str(store)], steps=2), tmp_path / "a")
