@@ -367,19 +367,29 @@ def test_bad_ct_windows_are_named(store, wide_store):
         InContextDataset(store, {"ct_windows": {"denoise": "paper"}})
 
 
+def _run_without_simpleitk(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter where ``import SimpleITK`` fails; it must exit 0."""
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['SimpleITK'] = None\n" + code],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_store_and_samplers_work_without_simpleitk(store):
     code = (
-        "import sys; sys.modules['SimpleITK'] = None\n"
+        "import sys\n"
         "from MVGCore.data.samplers import InContextDataset\n"
         f"sample = InContextDataset({str(store.path)!r}, length=2)[1]\n"
         "assert 'SimpleITK' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "print(sample['task'])\n"
     )
-    repo = Path(__file__).resolve().parents[2]
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
+    result = _run_without_simpleitk(code)
     assert result.stdout.strip() in ALL_TASKS
 
 
@@ -387,7 +397,6 @@ def test_registration_users_name_the_missing_simpleitk_before_any_work(store):
     """Aligned prompts (training pairs and inference) need SimpleITK; without it the error says
     which option asked for it, in one line."""
     code = (
-        "import sys; sys.modules['SimpleITK'] = None\n"
         "import numpy as np\n"
         "from MVGCore.data.samplers import InContextDataset\n"
         "from MVGCore.config import config_for\n"
@@ -407,11 +416,7 @@ def test_registration_users_name_the_missing_simpleitk_before_any_work(store):
         "    except ModuleNotFoundError as error:\n"
         "        print(error)\n"
     )
-    repo = Path(__file__).resolve().parents[2]
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
+    result = _run_without_simpleitk(code)
     assert result.stdout.splitlines() == [
         "sampler config align_prompts='demons' needs SimpleITK (pip install SimpleITK), which is not "
         "installed",
