@@ -57,8 +57,7 @@ from .intensity import (
 )
 from .masking import ar_mask
 from .model import MVGModel
-from .registration import METHODS as REGISTRATIONS
-from .registration import Registration, require_simpleitk
+from .registration import ALIGNMENTS, Registration, require_simpleitk
 from .slicewise import (
     SliceLoop,
     check_axis,
@@ -78,7 +77,6 @@ FLOAT32 = np.dtype(np.float32)
 
 ENSEMBLES = ("average", "feature")
 ZOOMS = ("prompts", "whole")
-ALIGNMENTS = ("off", *REGISTRATIONS)
 DEFAULT_ALIGNMENT = "demons"
 """Measured: the bundled model's Dice on the whole-volume validation cases rises with it
 (docs/inference.md, "Prompt alignment")."""
@@ -1019,12 +1017,10 @@ class Predictor:
         registration = Registration(job.options.align_prompts)
         aligned = []
         for example in chosen:
-            image, target = registration.warp(
+            image, target = registration.align(
                 query_tile, example.image, example.target, f"image slice {query} along axis {job.axis}"
             )
-            aligned.append(
-                dataclasses.replace(example, image=image, target=target) if target.any() else example
-            )
+            aligned.append(dataclasses.replace(example, image=image, target=target))
         return aligned
 
     def _forward(self, canvases, ensemble_k: int, task: str, model: MVGModel | None = None) -> torch.Tensor:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 METHODS = ("demons", "bspline", "affine")
+ALIGNMENTS = ("off", *METHODS)
+"""Choices of prompt alignment (``Options.align_prompts``, the sampler's ``align_prompts``)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,16 @@ class Registration:
             sitk.GetArrayFromImage(warped_image).astype(np.float32),
             sitk.GetArrayFromImage(warped_label).astype(label.dtype),
         )
+
+    def align(
+        self, fixed: np.ndarray, image: np.ndarray, label: np.ndarray, what: str = "slice"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A prompt's ``image`` and ``label`` warped onto ``fixed`` (:meth:`warp`), or as they lay
+        when the warp pushes the whole label out of the slice: a prompt never loses its example."""
+        warped_image, warped_label = self.warp(fixed, image, label, what)
+        if not warped_label.any():
+            return image, label
+        return warped_image, warped_label
 
     def _transform(self, fixed, moving):
         """Transform mapping fixed (query) points into the moving (prompt) slice."""

@@ -25,8 +25,7 @@ from torch.utils.data import Dataset
 from ..canvas import resize_plane
 from ..degrade import HOLE_MODELS, NOISE_MODELS, add_noise, apply_hole, make_hole, noise_level
 from ..intensity import IntensityRange, ct_window
-from ..registration import METHODS as REGISTRATIONS
-from ..registration import Registration, require_simpleitk
+from ..registration import ALIGNMENTS, Registration, require_simpleitk
 from ..types import TASKS
 from .store import SliceStore, StoredCase
 
@@ -42,7 +41,6 @@ costs ~0.15 s per tile on one CPU core."""
 
 
 PAIRINGS = ("propagation", "independent")
-ALIGNMENTS = ("off", *REGISTRATIONS)
 
 
 @dataclass
@@ -675,14 +673,12 @@ def align_prompt(
     method: str, query_image: np.ndarray, prompt_image: np.ndarray, prompt_label: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The prompt half registered onto the query half (``SamplerConfig.align_prompts``), or as
-    it lay when the warp leaves no label. Registration failures fall back to the centred
-    transform silently here: a training stream would otherwise log one warning per empty slice."""
+    it lay when the warp leaves no label (:meth:`Registration.align`). Registration failures fall
+    back to the centred transform silently here: a training stream would otherwise log one
+    warning per empty slice."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        image, label = Registration(method).warp(query_image, prompt_image, prompt_label)
-    if not label.any():
-        return prompt_image, prompt_label
-    return image.astype(np.float32), label.astype(prompt_label.dtype)
+        return Registration(method).align(query_image, prompt_image, prompt_label)
 
 
 def _weighted_choice(rng: np.random.Generator, items: list, weights: list[float]):

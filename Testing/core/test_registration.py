@@ -38,3 +38,20 @@ def test_bad_settings_are_refused():
         Registration("rigid")
     with pytest.raises(ValueError, match="must be >= 1"):
         Registration(iterations=0)
+
+
+def test_align_is_the_warp_unless_the_warp_leaves_no_label():
+    fixed, _ = _disc(24)
+    moving, moving_label = _disc(30)
+    aligned, warped = (
+        Registration().align(fixed, moving, moving_label),
+        Registration().warp(fixed, moving, moving_label),
+    )
+    assert all(np.array_equal(a, w) for a, w in zip(aligned, warped))
+
+    class PushedOut(Registration):
+        def warp(self, fixed, moving, label, what="slice"):
+            return np.zeros_like(moving), np.zeros_like(label)
+
+    image, label = PushedOut().align(fixed, moving, moving_label)
+    assert image is moving and label is moving_label  # the prompt as it lay
