@@ -59,6 +59,11 @@ class MVGConfig:
     """The tasks whose samples get the refiner's correction, in training and at inference; the
     others decode exactly as the model without it. A refiner taught denoising makes holes and labels
     worse, so a model can keep it to ``("denoise",)``."""
+    segment_tile_size: int | None = None
+    """The tile in pixels segmentation runs at when ``Options.tile_size`` is not given (None =
+    ``tile_size``), the weights resampled to it (:mod:`MVGCore.resample_weights`). It is measured for
+    one set of weights, not a property of the architecture: the bundled tiny model's sidecar sets 192
+    (docs/inference.md, "Tile size")."""
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +93,13 @@ class MVGConfig:
         if unknown_tasks or not self.refine_tasks:
             problems.append(
                 f"refine_tasks {list(self.refine_tasks)} must be a non-empty subset of {list(TASKS)}"
+            )
+        if self.segment_tile_size is not None and (
+            self.segment_tile_size <= 0 or self.segment_tile_size % self.patch_size
+        ):
+            problems.append(
+                f"segment_tile_size {self.segment_tile_size} must be a positive multiple of patch_size "
+                f"{self.patch_size}"
             )
         if self.window_blocks and self.window_size <= 0:
             problems.append("window_blocks are set but window_size is not positive")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from .intensity import (
 from .masking import ar_mask
 from .model import MVGModel
 from .registration import ALIGNMENTS, Registration, require_simpleitk
+from .resample_weights import at_tile_size
 from .slicewise import (
     SliceLoop,
     check_axis,
@@ -140,6 +142,10 @@ class Options:
         fitted on the given prompt pairs, leave-one-out (one prompt is cut in two halves;
         :mod:`MVGCore.calibration`); without given prompts, on recorrupted pairs of the self-made
         prompt slices (:meth:`Predictor._recorrupted_pairs`). "off": the model's answer.
+    tile_size: the tile in pixels the model runs at (a multiple of its patch size): its weights
+        are resampled to it (:func:`MVGCore.resample_weights.at_tile_size`; a copy, the loaded
+        model is unchanged). None = the model's own tile, for segmentation its config's
+        ``segment_tile_size`` when set (the bundled model's: 192, twice its 128 px tile's area).
     adapt_steps: segment and denoise: tune a copy of the model for this many steps on pairs made
         of the prompts before predicting (:mod:`MVGCore.adapt`; seeded by ``seed``, learning rate
         ``adapt_lr``); 0 = off. The Predictor's own model is never changed. Denoising adapts on
@@ -164,6 +170,7 @@ class Options:
     zoom_margin: float = ZOOM_MARGIN
     align_prompts: str = DEFAULT_ALIGNMENT
     answer: str = "trim"
+    tile_size: int | None = None
     adapt_steps: int = 0
     adapt_lr: float = ADAPT_LR
     image_scale: str = "native"
@@ -189,6 +196,16 @@ class Options:
             raise ValueError(
                 f"option tile_overlap must be a whole number of pixels >= 0, got {self.tile_overlap!r}"
             )
+        if self.tile_size is not None and (
+            isinstance(self.tile_size, bool)
+            or not isinstance(self.tile_size, (int, np.integer))
+            or self.tile_size < 1
+        ):
+            raise ValueError(
+                f"option tile_size must be a positive whole number of pixels, got {self.tile_size!r}"
+            )
+        if self.tile_size is not None:
+            object.__setattr__(self, "tile_size", int(self.tile_size))
         if self.align_prompts not in ALIGNMENTS:
             raise ValueError(f"option align_prompts must be one of {ALIGNMENTS}, got {self.align_prompts!r}")
         if self.answer not in ANSWERS:
@@ -280,6 +297,28 @@ class _Job:
         return self.task == "segment"
 
 
+def _at_task_tile(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator of the public tasks: when the task's tile size (:meth:`Predictor.task_tile_size`)
+    is not the model's own, the task runs on a Predictor of a
+    copy of the model resampled to that tile; the loaded model is never changed."""
+
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def run(self: Predictor, *args: Any, **kwargs: Any) -> Any:
+            size = self.task_tile_size(task, kwargs.get("tile_size"))
+            if size == self.config.tile_size:
+                return method(self, *args, **kwargs)
+            other = Predictor(at_tile_size(self.model, size), self.device, self.batch_size)
+            try:
+                return method(other, *args, **{**kwargs, "tile_size": size})
+            finally:
+                self.batch_size = min(self.batch_size, other.batch_size)  # an out-of-memory retry
+
+        return run
+
+    return decorate
+
+
 class Predictor:
     """The one inference entry point: a model on a device, and the four tasks on 3D arrays.
 
@@ -330,8 +369,24 @@ class Predictor:
             model, _ = load_model(path)
         return cls(model.eval(), device=device, **kwargs)
 
+    def task_tile_size(self, task: str, tile_size: int | None = None) -> int:
+        """The tile in pixels ``task`` runs at: ``tile_size`` (checked as the option), else for
+        segmentation the config's ``segment_tile_size`` when set, else the model's own tile."""
+        if tile_size is None:
+            if task == "segment" and self.config.segment_tile_size is not None:
+                return self.config.segment_tile_size
+            return self.config.tile_size
+        size = Options(tile_size=tile_size).tile_size
+        if size % self.config.patch_size:
+            raise ValueError(
+                f"option tile_size must be a multiple of the model's patch size {self.config.patch_size}, "
+                f"got {size}"
+            )
+        return size
+
     # ---------------------------------------------------------------- tasks
 
+    @_at_task_tile("segment")
     def segment(
         self,
         image: np.ndarray,
@@ -428,6 +483,7 @@ class Predictor:
         )
         return self._run(job, progress, cancel, out, disagreement)
 
+    @_at_task_tile("denoise")
     def denoise(
         self,
         image: np.ndarray,
@@ -567,6 +623,7 @@ class Predictor:
             return out
         return out, (disagreement * abs(blend.model_weight)).astype(disagreement.dtype)
 
+    @_at_task_tile("inpaint")
     def inpaint(
         self,
         image: np.ndarray,
@@ -613,6 +670,7 @@ class Predictor:
 
         return self._image_run(volume, axis, prompts or [], hole, in_range, opts, job, progress, cancel)
 
+    @_at_task_tile("synthesize")
     def synthesize(
         self,
         source: np.ndarray,
@@ -1453,6 +1511,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(trim, the default), or the model's own classes",
     )
     parser.add_argument(
+        "--tile-size",
+        type=int,
+        help="tile in pixels the model runs at, its weights resampled (default: the model's tile; "
+        "to segment, its config's segment_tile_size when set)",
+    )
+    parser.add_argument(
         "--image-scale",
         choices=IMAGE_SCALES,
         default="native",
@@ -1522,6 +1586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "propagate": args.propagate,
         "return_disagreement": args.disagreement is not None,
         "seed": args.seed,
+        "tile_size": args.tile_size,
     }
     if args.task == "segment":
         options.update(

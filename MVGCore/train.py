@@ -54,6 +54,7 @@ from MVGCore.masking import DEFAULT_AR_PROBABILITY, MaskSampler
 from MVGCore.metrics import dice_per_class, psnr
 from MVGCore.model import OPTIONAL_MODULES, MVGModel
 from MVGCore.optim import build_optimizer, lr_at, set_lr
+from MVGCore.resample_weights import fit_weights
 from MVGCore.train_state import (
     last_checkpoint,
     last_step,
@@ -374,34 +375,13 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def resize_rel_pos_tables(
-    weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """``weights`` with each relative-position table (``rel_pos_h`` / ``rel_pos_w``) whose length
-    differs from ``target``'s linearly resampled to it, as SAM and ViTDet resize them for another
-    token grid; so a checkpoint of one tile size initialises a model of another. Other tensors
-    are left as they are (a mismatch there is still an error of ``load_state_dict``)."""
-    resized = dict(weights)
-    for name, table in weights.items():
-        wanted = target.get(name)
-        if not name.endswith(("rel_pos_h", "rel_pos_w")) or wanted is None or wanted.shape == table.shape:
-            continue
-        if table.ndim != 2 or table.shape[1] != wanted.shape[1]:
-            continue
-        line = table.float().t()[None]  # (1, head_dim, length)
-        line = torch.nn.functional.interpolate(line, size=wanted.shape[0], mode="linear", align_corners=False)
-        resized[name] = line[0].t().to(table.dtype).contiguous()
-        log.debug("resized %s from %d to %d positions", name, table.shape[0], wanted.shape[0])
-    return resized
-
-
 def _initialise(model: MVGModel, config: TrainConfig) -> None:
     if config.init:
         path = Path(config.init)
         if path.suffix in PICKLE_SUFFIXES:
             raise ValueError(f"init {path}: MVGCore checkpoints are .safetensors; convert pickle files first")
         weights, _ = load_tensors(path)
-        weights = resize_rel_pos_tables(weights, model.state_dict())
+        weights = fit_weights(weights, model.state_dict())  # another tile or patch size
         # Modules an option adds (OPTIONAL_MODULES) start as a no-op, so a checkpoint made without them
         # initialises everything else.
         optional = tuple(f"{name}." for name in OPTIONAL_MODULES if getattr(model, name) is not None)

@@ -74,7 +74,7 @@ def measure(task: str, shape: tuple[int, int, int], preset: str, batch_size: int
         "shape": list(shape),
         "device": predictor.device,
         "preset": preset,
-        "tile_size": predictor.config.tile_size,
+        "tile_size": predictor.task_tile_size(task),
         "batch_size": batch_size,
         "seconds": round(seconds, 2),
         "input_mb": round(volume.nbytes / MB, 1),

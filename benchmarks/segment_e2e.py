@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> dict:
         "shape": list(volume.shape),
         "prompt_slices": picks,
         "model": model_name,
-        "tile_size": predictor.config.tile_size,
+        "tile_size": predictor.task_tile_size("segment"),
         "batch_size": predictor.batch_size,
         "adapt_steps": args.adapt_steps,
         "io_measured": with_io,

@@ -185,6 +185,7 @@ def main() -> None:
         "preset": model.config.preset,
         "parameters": sum(p.numel() for p in model.parameters()),
         "tile_size": model.config.tile_size,
+        "segment_tile_size": model.config.segment_tile_size or model.config.tile_size,
         "tasks": trained_tasks(stages),
         "data": {
             "store": "python -m MVGCore.prepare --open-samples (real images from pyradiomics, mricron-data, "
@@ -298,8 +299,10 @@ def main() -> None:
         "model for clinical use. Where a baseline is ahead, use it or train a larger model on your data",
         "(docs/training.md).",
         "",
-        f"- Tiles are {card['tile_size']} px. Segmentation zooms onto the prompts' region"
-        ' (`zoom="prompts"`), so a structure that leaves that region between prompt slices is cut off.',
+        f"- Tiles are {card['tile_size']} px; segmentation runs at {card['segment_tile_size']} px"
+        " (`segment_tile_size` in the sidecar's config; `tile_size` option) and zooms onto the"
+        ' prompts\' region (`zoom="prompts"`), so a structure that leaves that region between prompt'
+        " slices is cut off.",
         shipped_line(len(stages), stages[-1], args.picked_by),
         *(
             [

@@ -113,7 +113,8 @@ def test_a_checkpoint_of_another_tile_size_initialises_by_resampling_its_rel_pos
     from MVGCore.checkpoint import save_model
     from MVGCore.config import config_for
     from MVGCore.model import MVGModel
-    from MVGCore.train import _initialise, resize_rel_pos_tables
+    from MVGCore.resample_weights import resize_rel_pos_tables
+    from MVGCore.train import _initialise
 
     small = MVGModel(config_for("tiny", **MODEL))
     with torch.no_grad():
