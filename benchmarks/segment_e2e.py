@@ -38,6 +38,7 @@ from benchmarks.predict_memory import _volume as ct_like_volume
 from MVGCore.config import config_for
 from MVGCore.model import MVGModel
 from MVGCore.predict import Predictor
+from MVGCore.resample_weights import at_tile_size
 from MVGCore.types import Prompt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,8 +112,11 @@ def make_predictor(args: argparse.Namespace) -> tuple[Predictor, str]:
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist")
-        predictor = Predictor.from_checkpoint(checkpoint, device=args.device, batch_size=args.batch_size)
-        return predictor, str(checkpoint)
+        loaded = Predictor.from_checkpoint(checkpoint, device=args.device, batch_size=args.batch_size)
+        # The model resampled to the tile segmentation runs at (its config's segment_tile_size),
+        # so that the phase clock's hooks sit on the model whose forwards run.
+        model = at_tile_size(loaded.model, loaded.task_tile_size("segment"))
+        return Predictor(model, device=args.device, batch_size=args.batch_size), str(checkpoint)
     torch.manual_seed(0)
     model = MVGModel(config_for(args.preset))
     return Predictor(model, device=args.device, batch_size=args.batch_size), f"random {args.preset}"
