@@ -119,8 +119,13 @@ class Options:
         come after the query volume's own slices, in the order given).
     ensemble: how K prompts are combined: "average" of the K outputs, or SegGPT's "feature"
         ensemble (attention outputs of the query half averaged in every block).
-    propagate: process slices outward from the prompt slices; each slice is also prompted with
-        its already predicted neighbour towards the nearest prompt slice (needs indexed prompts).
+    propagate: process slices outward from the prompt slices; each slice is prompted with its
+        already predicted neighbour towards the nearest prompt slice besides its ``k_prompts``
+        prompts (needs indexed prompts; the neighbour alone drifts: answers shrink slice by slice).
+        In segmentation a structure the neighbour's answer has lost stays lost further out (a
+        connected structure spans one run of slices), so the model cannot find a look-alike
+        beyond where it ended. None = on for segmentation with prompt slices of the volume itself
+        (measured, docs/inference.md), off otherwise.
     return_disagreement: also return a float32 volume: per voxel, for segmentation the share of
         the K single-prompt answers that differ from the final label, for images their standard
         deviation in output units (0 when K = 1). With ``ensemble="feature"`` the single-prompt
@@ -165,7 +170,7 @@ class Options:
     spacing: tuple[float, float, float] | None = None
     k_prompts: int = 1
     ensemble: str = "average"
-    propagate: bool = False
+    propagate: bool | None = None
     return_disagreement: bool = False
     seed: int = 0
     auto_prompts: int = 4
@@ -209,6 +214,10 @@ class Options:
             raise ValueError(f"option answer must be one of {ANSWERS}, got {self.answer!r}")
         if self.zoom not in ZOOMS:
             raise ValueError(f"option zoom must be one of {ZOOMS}, got {self.zoom!r}")
+        if self.propagate is not None and not isinstance(self.propagate, (bool, np.bool_)):
+            raise ValueError(f"option propagate must be true, false or None, got {self.propagate!r}")
+        if self.propagate is not None:
+            object.__setattr__(self, "propagate", bool(self.propagate))
         if (
             isinstance(self.zoom_margin, bool)
             or not isinstance(self.zoom_margin, (int, float))
@@ -243,6 +252,8 @@ class Options:
         opts = cls(**options)
         if task is not None and opts.ct_window is None:
             opts = dataclasses.replace(opts, ct_window=TASK_CT_WINDOWS.get(task, DEFAULT_CT_WINDOW))
+        if task is not None and task != "segment" and opts.propagate is None:
+            opts = dataclasses.replace(opts, propagate=False)  # segment decides once it has the prompts
         return opts
 
 
@@ -405,6 +416,8 @@ class Predictor:
         spacing = _plane_spacing(opts.spacing, axis)
         dtype = label_dtype(prompts)
         kept = kept_targets(prompts, volume.shape, axis)
+        if opts.propagate is None:
+            opts = dataclasses.replace(opts, propagate=bool(kept))
         region = None
         if opts.zoom == "prompts":
             region = zoom.prompt_region(prompts, plane_shape(volume.shape, axis), spacing, opts.zoom_margin)
@@ -947,6 +960,14 @@ class Predictor:
             raise ValueError("no prompts to run the model with")
         for wave in _waves(todo, sorted(job.kept), opts.propagate):
             plans = [(q, self._choose(job, q, out)) for q in wave]
+            ended = [q for q, chosen in plans if job.segmentation and _lost_everything(job, chosen)]
+            for q in ended:  # every structure ended before this slice: nothing to run
+                put_slice(out, axis, q, np.zeros(plane_shape(volume.shape, axis), dtype=job.out_dtype))
+            if ended:
+                loop.advance(len(ended))
+                plans = [(q, chosen) for q, chosen in plans if q not in ended]
+            if not plans:
+                continue
             k = len(plans[0][1])
             start = 0
             while start < len(plans):
@@ -985,7 +1006,8 @@ class Predictor:
         return adapt(self.model, examples, settings, self.device, on_step=step_done)
 
     def _choose(self, job: _Job, query: int, out: np.ndarray) -> list[_Example]:
-        """The K prompts for ``query``: nearest by index first, other volumes' prompts after."""
+        """The K prompts for ``query``: nearest by index first, other volumes' prompts after; when
+        propagating, its predicted neighbour first and then those K."""
         k = min(job.options.k_prompts, len(job.examples))
         ranked = sorted(
             job.examples,
@@ -994,7 +1016,7 @@ class Predictor:
         if job.options.propagate:
             neighbour = self._neighbour(job, query, out)
             if neighbour is not None:
-                return [neighbour, *ranked[: k - 1]]
+                return [neighbour, *ranked[:k]]
         return ranked[:k]
 
     def _neighbour(self, job: _Job, query: int, out: np.ndarray) -> _Example | None:
@@ -1010,7 +1032,7 @@ class Predictor:
         if job.segmentation:
             labels = self._tile(predicted.astype(np.int64), True, job.spacing)
             classes = tuple(int(c) for c in np.unique(labels) if c != 0)
-            return _Example(image, labels, position, classes) if classes else None
+            return _Example(image, labels, position, classes)
         target = self._tile(job.out_range.normalize(predicted), False, job.spacing)
         return _Example(image, target, position)
 
@@ -1102,6 +1124,8 @@ class Predictor:
         want_spread = job.options.return_disagreement
         if job.segmentation:
             classes = sorted({c for e in chosen for c in e.classes})
+            if _propagated(job, chosen):
+                classes = list(chosen[0].classes)  # a structure the neighbour lost has ended
             trim_to = None
             if job.options.align_prompts != "off" and job.options.answer == "trim":
                 trim_to = chosen[0].target  # the nearest prompt's label, aligned onto this query
@@ -1279,6 +1303,17 @@ def evenly_spaced(candidates: list[int], count: int) -> list[int]:
         return list(candidates)
     picks = np.linspace(0, len(candidates) - 1, count + 2)[1:-1]
     return sorted({candidates[round(float(p))] for p in picks})
+
+
+def _propagated(job: _Job, chosen: list[_Example]) -> bool:
+    """Whether ``chosen`` leads with an already predicted neighbour (``Options.propagate``)."""
+    position = chosen[0].position
+    return job.options.propagate and position is not None and position not in job.kept
+
+
+def _lost_everything(job: _Job, chosen: list[_Example]) -> bool:
+    """Whether the propagated neighbour of a segmentation query shows no structure any more."""
+    return _propagated(job, chosen) and not chosen[0].classes
 
 
 def _waves(todo: list[int], sources: list[int], propagate: bool) -> list[list[int]]:
@@ -1473,7 +1508,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--k-prompts", type=int, default=1, help="prompts per query slice (default 1)")
     parser.add_argument("--ensemble", choices=ENSEMBLES, default="average", help="how K prompts combine")
-    parser.add_argument("--propagate", action="store_true", help="propagate outward from the prompt slices")
+    parser.add_argument(
+        "--propagate",
+        action=argparse.BooleanOptionalAction,
+        help="propagate outward from the prompt slices (default: on to segment with --slices of the input)",
+    )
     parser.add_argument(
         "--zoom",
         choices=ZOOMS,

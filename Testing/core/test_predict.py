@@ -46,8 +46,9 @@ class CopyPrompt(MVGModel):
         return query if query_only else torch.cat([top, query], dim=-2)
 
 
-AS_GIVEN = {"align_prompts": "off"}
-"""The stand-in models' known answers hold for prompts as they lie, not warped onto the query."""
+AS_GIVEN = {"align_prompts": "off", "propagate": False}
+"""The stand-in models' known answers hold for prompts as they lie (not warped onto the query),
+each query answered from its nearest prompt (not chained through predicted neighbours)."""
 
 
 def _shape(axis: int, n: int = 8) -> tuple[int, int, int]:
@@ -201,8 +202,9 @@ def test_trimmed_answer_takes_classes_from_the_aligned_prompt_and_extent_from_th
     volume = ndimage.gaussian_filter(label.astype(np.float32) * 20 + 20, sigma=(0, 1.0, 1.0))
     prompts = _prompts(volume, label, [0])
     predictor = Predictor(MirrorPrompt(), device="cpu")
-    trimmed = predictor.segment(volume, prompts, zoom="whole", modality="MR")
-    own = predictor.segment(volume, prompts, zoom="whole", modality="MR", answer="model")
+    aligned = dict(zoom="whole", modality="MR", propagate=False)  # each slice from the prompt
+    trimmed = predictor.segment(volume, prompts, **aligned)
+    own = predictor.segment(volume, prompts, answer="model", **aligned)
     assert min(dice_per_class(trimmed[1:], label[1:]).values()) > 0.85
     assert max(dice_per_class(own[1:], label[1:]).values()) < 0.1  # classes on the wrong side
     extent = [(answer[1:] > 0).astype(np.uint8) for answer in (own, trimmed)]
@@ -278,16 +280,69 @@ def test_self_made_inpainting_prompts_are_the_hole_free_slices_nearest_the_holes
     assert np.allclose(filled[7][box], volume[8][box], atol=0.05)
 
 
+class CopyLeadPrompt(CopyPrompt):
+    """CopyPrompt answering every canvas of an ensemble group from the group's first prompt (with
+    ``ensemble="feature"``, the group's answer is then its first prompt's, rolled)."""
+
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
+        answers = super().forward(images, targets, mask, ensemble_k, query_only, tasks)
+        return answers[::ensemble_k].repeat_interleave(ensemble_k, dim=0)
+
+
 def test_propagation_chains_each_slice_from_its_neighbour():
     volume, label = _scene()
-    predictor = Predictor(CopyPrompt(shift=1), device="cpu")
+    predictor = Predictor(CopyLeadPrompt(shift=1), device="cpu")
     direct = predictor.segment(volume, _prompts(volume, label, [2]), **AS_GIVEN)
-    chained = predictor.segment(volume, _prompts(volume, label, [2]), propagate=True, **AS_GIVEN)
+    lead = dict(align_prompts="off", ensemble="feature")  # the neighbour leads the prompts shown
+    chained = predictor.segment(volume, _prompts(volume, label, [2]), propagate=True, **lead)
+    assert predictor.model.calls[-1] == (2, 2)  # the neighbour besides the k_prompts=1 prompt
     for q in range(8):
         assert np.array_equal(direct[q], label[2] if q == 2 else np.roll(label[2], 1, -1))
         assert np.array_equal(chained[q], np.roll(label[2], abs(q - 2), -1)), q
     with pytest.raises(ValueError, match="propagate needs"):
         predictor.segment(volume, [Prompt(volume[2], label[2])], propagate=True)
+    by_default = predictor.segment(volume, _prompts(volume, label, [2]), **lead)
+    assert np.array_equal(by_default, chained)  # segmentation propagates from prompt slices ...
+    unindexed = [Prompt(volume[2], label[2])]
+    assert np.array_equal(  # ... and answers prompts from elsewhere directly
+        predictor.segment(volume, unindexed, align_prompts="off"),
+        predictor.segment(volume, unindexed, **AS_GIVEN),
+    )
+
+
+class CopyWhereBright(CopyPrompt):
+    """A stand-in that copies the prompt's target only where the query image is bright (a
+    structure is visible) and answers background elsewhere."""
+
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
+        self.check_inputs(images, targets, mask)
+        self.calls.append((images.shape[0], ensemble_k))
+        half = targets.shape[-2] // 2
+        top, query_image = targets[..., :half, :], images[..., half:, :]
+        background = top[..., :1, :1]  # the label planes leave the corner pixel background
+        query = torch.where(query_image.mean(1, keepdim=True) > 0, top, background)
+        return query if query_only else torch.cat([top, query], dim=-2)
+
+
+@pytest.mark.parametrize("k_prompts", [1, 2])
+def test_propagation_keeps_a_structure_that_ended_ended(k_prompts):
+    """A connected structure spans one run of slices: once the propagated answer loses it, it
+    stays lost further out, even where the image would let the model find it again."""
+    label = np.zeros((8, TILE, TILE), dtype=np.uint8)
+    label[:, 8:24, 4:14], label[:, 8:24, 18:28] = 1, 2
+    volume = np.full(label.shape, 500.0, dtype=np.float32)
+    volume[5, :, 16:] = -500.0  # on slice 5 class 2's side is dark: it ends there
+    volume[1, :, :] = -500.0  # slice 1 is dark everywhere: both end below the prompt
+    prompts = _prompts(volume, label, [2, 3])
+    predictor = Predictor(CopyWhereBright(), device="cpu")
+    options = dict(modality="CT", window=(-1000.0, 1000.0), k_prompts=k_prompts, align_prompts="off")
+    direct = predictor.segment(volume, prompts, propagate=False, **options)
+    chained = predictor.segment(volume, prompts, propagate=True, **options)
+    assert set(np.unique(direct[0])) == {0, 1, 2}  # a model on its own finds both again
+    assert not chained[:2].any()
+    assert set(np.unique(chained[4])) == {0, 1, 2} and set(np.unique(chained[5])) == {0, 1}
+    assert all(set(np.unique(chained[q])) == {0, 1} for q in (6, 7))  # class 2 ended at slice 5
+    assert np.array_equal(chained[3], label[3])
 
 
 def test_cancel_stops_within_one_batch_and_progress_reaches_total_once():
@@ -315,11 +370,11 @@ def test_cancel_stops_within_one_batch_and_progress_reaches_total_once():
 def test_out_of_memory_retries_with_smaller_batches():
     volume, label = _scene()
     reference = Predictor(CopyPrompt(), device="cpu", batch_size=8).segment(
-        volume, _prompts(volume, label, [3])
+        volume, _prompts(volume, label, [3]), **AS_GIVEN
     )
     model = CopyPrompt(fail_above=2)
     predictor = Predictor(model, device="cpu", batch_size=8)
-    result = predictor.segment(volume, _prompts(volume, label, [3]))
+    result = predictor.segment(volume, _prompts(volume, label, [3]), **AS_GIVEN)
     assert np.array_equal(result, reference) and predictor.batch_size == 2
     assert max(b for b, _ in model.calls) == 7 and model.calls[-1][0] <= 2
     with pytest.raises(torch.OutOfMemoryError):
