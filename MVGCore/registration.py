@@ -43,13 +43,17 @@ class Registration:
         """``moving`` (float image) and its ``label`` resampled onto the grid of ``fixed``
         (linear / nearest neighbour; outside the moving slice: 0). All three are 2D; ``fixed``
         and ``moving`` should be in comparable units. If registration fails, the centred initial
-        transform is used and a warning names ``what``."""
+        transform is used and a warning names ``what``; a blank slice (one value everywhere, such
+        as the air beyond a head) has nothing to register by and gets that transform silently."""
         import SimpleITK as sitk
 
         fixed_image = sitk.GetImageFromArray(np.asarray(fixed, dtype=np.float32))
         moving_image = sitk.GetImageFromArray(np.asarray(moving, dtype=np.float32))
         try:
-            transform = self._transform(fixed_image, moving_image)
+            if np.ptp(fixed) == 0 or np.ptp(moving) == 0:
+                transform = _centred_affine(fixed_image, moving_image)
+            else:
+                transform = self._transform(fixed_image, moving_image)
         except RuntimeError as error:
             warnings.warn(
                 f"registration onto {what} failed ({error}); using the centred initial transform",

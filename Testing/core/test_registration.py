@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -26,11 +28,24 @@ def test_warp_carries_image_and_label_onto_the_fixed_slice(method, least_dice):
 
 
 def test_failed_registration_warns_and_falls_back_to_the_centred_transform():
-    flat = np.zeros((16, 16), np.float32)  # nothing to register on
-    label = np.eye(16, dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    fixed, moving = rng.normal(size=(2, 4, 4)).astype(np.float32)  # too small for the pyramid
+    label = np.eye(4, dtype=np.uint8)
     with pytest.warns(UserWarning, match="registration onto prompt 3 failed"):
-        _, warped = Registration().warp(flat, flat, label, "prompt 3")
+        _, warped = Registration().warp(fixed, moving, label, "prompt 3")
     assert np.array_equal(warped, label)
+
+
+def test_a_blank_slice_gets_the_centred_transform_without_a_warning():
+    """The air beyond a head has nothing to register by: no failed registration to warn about."""
+    blank = np.zeros((16, 16), np.float32)
+    image = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    label = np.eye(16, dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fixed, moving in ((blank, image), (image, blank)):
+            _, warped = Registration().warp(fixed, moving, label, "a blank slice")
+            assert np.array_equal(warped, label)
 
 
 def test_bad_settings_are_refused():
