@@ -188,3 +188,26 @@ def test_segment_alignment_and_ct_window_flags(tmp_path, checkpoint):
     for flags in (["--align-prompts", "rigid"], ["--ct-window", "1,2,3"], ["--answer", "union"]):
         with pytest.raises(SystemExit):
             main([*base, *flags, "--output", str(tmp_path / "x.nii.gz")])
+
+
+def test_segment_propagates_by_default_and_no_propagate_answers_each_slice_from_its_prompts(
+    tmp_path, checkpoint
+):
+    from MVGCore.predict import Predictor
+    from MVGCore.types import Prompt
+
+    geometry = GEOMETRIES["anisotropic"]
+    image_path, sparse_path, image, sparse = _case(tmp_path, geometry, 0)
+    base = ["--checkpoint", str(checkpoint), "--task", "segment", "--input", str(image_path)]
+    base += ["--prompts", str(sparse_path), "--slices", "1", "--quiet"]  # slices 3-5 chain from 2
+    outputs = {}
+    for flags in ([], ["--propagate"], ["--no-propagate"]):
+        out = tmp_path / f"seg{len(outputs)}.nii.gz"
+        assert main([*base, *flags, "--output", str(out)]) == 0
+        outputs[" ".join(flags)] = read_volume(out).array
+    prompts = [Prompt.from_volume(image, 1, sparse[1])]
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    assert not np.array_equal(outputs[""], outputs["--no-propagate"])
+    for flag, propagate in (("", True), ("--propagate", True), ("--no-propagate", False)):
+        expected = predictor.segment(image, prompts, spacing=geometry.spacing_kji, propagate=propagate)
+        assert np.array_equal(outputs[flag], expected), flag
