@@ -59,7 +59,7 @@ from .intensity import (
 from .masking import ar_mask
 from .model import MVGModel
 from .registration import ALIGNMENTS, Registration, require_simpleitk
-from .resample_weights import at_tile_size
+from .resample_weights import at_tile_size, check_tile_size
 from .slicewise import (
     SliceLoop,
     check_axis,
@@ -376,13 +376,7 @@ class Predictor:
             if task == "segment" and self.config.segment_tile_size is not None:
                 return self.config.segment_tile_size
             return self.config.tile_size
-        size = Options(tile_size=tile_size).tile_size
-        if size % self.config.patch_size:
-            raise ValueError(
-                f"option tile_size must be a multiple of the model's patch size {self.config.patch_size}, "
-                f"got {size}"
-            )
-        return size
+        return check_tile_size(Options(tile_size=tile_size).tile_size, self.config.patch_size)
 
     # ---------------------------------------------------------------- tasks
 

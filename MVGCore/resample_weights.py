@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_patch_embed
@@ -88,21 +90,24 @@ def fit_weights(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     return resize_rel_pos_tables(resize_patch(weights, target), target)
 
 
+def check_tile_size(tile_size: Any, patch: int) -> int:
+    """``tile_size`` as an int when it is a positive whole multiple of ``patch`` (the only tiles a
+    model of that patch size can run at); a one-line error naming the option otherwise."""
+    whole = not isinstance(tile_size, bool) and isinstance(tile_size, (int, np.integer))
+    if not whole or tile_size < patch or tile_size % patch:
+        raise ValueError(
+            f"option tile_size must be a positive multiple of the model's patch size {patch}, "
+            f"got {tile_size!r}"
+        )
+    return int(tile_size)
+
+
 def at_tile_size(model: MVGModel, tile_size: int) -> MVGModel:
     """A new model running ``model``'s weights at ``tile_size`` pixels (relative-position tables
     resampled); ``model`` itself is not changed and is returned as it is at its own tile size."""
     if tile_size == model.config.tile_size:
         return model
-    patch = model.config.patch_size
-    if (
-        isinstance(tile_size, bool)
-        or not isinstance(tile_size, int)
-        or tile_size < patch
-        or tile_size % patch
-    ):
-        raise ValueError(
-            f"option tile_size must be a positive multiple of the patch size {patch}, got {tile_size!r}"
-        )
+    tile_size = check_tile_size(tile_size, model.config.patch_size)
     first = next(model.parameters())
     resized = MVGModel(dataclasses.replace(model.config, tile_size=tile_size)).to(first.device, first.dtype)
     resized.load_state_dict(fit_weights(model.state_dict(), resized.state_dict()))

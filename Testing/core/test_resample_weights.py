@@ -17,6 +17,10 @@ SMALL = {"tile_size": 32, "embed_dim": 32, "depth": 2, "num_heads": 2, "merge_in
 SMALL.update(feature_blocks=(1,), decoder_dim=4)
 
 
+NOT_A_MULTIPLE = "tile_size must be a positive multiple of the model's patch size 16, got 40"
+"""Both ways to a tile size (the Predictor option and at_tile_size) refuse 40 px at patch 16 alike."""
+
+
 def _model(**changes) -> MVGModel:
     torch.manual_seed(0)
     return MVGModel(config_for("tiny", **{**SMALL, **changes}))
@@ -52,7 +56,7 @@ def test_at_tile_size_is_a_resampled_copy_and_leaves_the_model_alone():
     assert larger.blocks[0].attn.rel_pos_h.shape[0] == 2 * 6 - 1
     assert torch.equal(larger.blocks[0].mlp.fc2.weight, model.blocks[0].mlp.fc2.weight)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(ValueError, match="multiple of the patch size 16, got 40"):
+    with pytest.raises(ValueError, match=NOT_A_MULTIPLE):
         at_tile_size(model, 40)
 
 
@@ -77,7 +81,7 @@ def test_segmentation_runs_at_the_configs_segment_tile_and_image_tasks_at_the_mo
     assert np.array_equal(predictor.denoise(volume), predictor.denoise(volume, tile_size=32))
     assert not np.array_equal(predictor.denoise(volume), predictor.denoise(volume, tile_size=48))
     assert predictor.model is model and model.config.tile_size == 32
-    with pytest.raises(ValueError, match="tile_size must be a multiple of the model's patch size 16, got 40"):
+    with pytest.raises(ValueError, match=NOT_A_MULTIPLE):
         predictor.segment(volume, prompts, tile_size=40)
     with pytest.raises(ValueError, match="tile_size must be a positive whole number of pixels, got 0"):
         predictor.denoise(volume, tile_size=0)
