@@ -657,7 +657,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="new folder for the report")
     parser.add_argument(
-        "--baselines", nargs="*", default=[], choices=sorted(BASELINES), help="baselines to run"
+        "--baselines", nargs="+", default=[], choices=sorted(BASELINES), help="baselines to run"
     )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--prompts", type=int, default=3, help="prompt slices per case (default 3)")

@@ -126,6 +126,19 @@ def test_evaluation_errors(dataset, checkpoint, tmp_path):
         main(["--data", str(dataset), "--out", str(tmp_path / "y")])  # neither model nor baseline
     with pytest.raises(SystemExit):
         main(["--baselines", "classical", "--out", str(tmp_path / "z")])  # no cases at all
+    with pytest.raises(SystemExit):  # --baselines with no name used to run none, silently
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                str(dataset),
+                "--baselines",
+                "--out",
+                str(tmp_path / "v"),
+            ]
+        )
+    assert not (tmp_path / "v").exists()
     with pytest.raises(ValueError, match="unknown open sample"):
         main(
             ["--baselines", "classical", "--open-samples", "pyradiomics/lung9", "--out", str(tmp_path / "w")]
