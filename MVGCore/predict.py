@@ -214,9 +214,9 @@ class Options:
             raise ValueError(f"option answer must be one of {ANSWERS}, got {self.answer!r}")
         if self.zoom not in ZOOMS:
             raise ValueError(f"option zoom must be one of {ZOOMS}, got {self.zoom!r}")
-        if self.propagate is not None and not isinstance(self.propagate, (bool, np.bool_)):
-            raise ValueError(f"option propagate must be true, false or None, got {self.propagate!r}")
         if self.propagate is not None:
+            if not isinstance(self.propagate, (bool, np.bool_)):
+                raise ValueError(f"option propagate must be true, false or None, got {self.propagate!r}")
             object.__setattr__(self, "propagate", bool(self.propagate))
         if (
             isinstance(self.zoom_margin, bool)
@@ -1122,7 +1122,9 @@ class Predictor:
                 classes = list(chosen[0].classes)  # a structure the neighbour lost has ended
             trim_to = None
             if job.options.align_prompts != "off" and job.options.answer == "trim":
-                trim_to = chosen[0].target  # the nearest prompt's label, aligned onto this query
+                trim_to = chosen[
+                    0
+                ].target  # the leading prompt's label (propagated neighbour or nearest prompt), aligned
             final = self._labels(job, group.mean(0, keepdim=True), classes, trim_to)[0]
             spread = None
             if want_spread:
@@ -1505,7 +1507,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--propagate",
         action=argparse.BooleanOptionalAction,
-        help="propagate outward from the prompt slices (default: on to segment with --slices of the input)",
+        help="propagate outward from the prompt slices (default: on to segment from the input's own slices)",
     )
     parser.add_argument(
         "--zoom",
