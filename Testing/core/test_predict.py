@@ -301,6 +301,8 @@ def test_propagation_chains_each_slice_from_its_neighbour():
         assert np.array_equal(chained[q], np.roll(label[2], abs(q - 2), -1)), q
     with pytest.raises(ValueError, match="propagate needs"):
         predictor.segment(volume, [Prompt(volume[2], label[2])], propagate=True)
+    with pytest.raises(ValueError, match="option propagate must be true, false or None, got 'yes'"):
+        predictor.segment(volume, _prompts(volume, label, [2]), propagate="yes")
     by_default = predictor.segment(volume, _prompts(volume, label, [2]), **lead)
     assert np.array_equal(by_default, chained)  # segmentation propagates from prompt slices ...
     unindexed = [Prompt(volume[2], label[2])]
