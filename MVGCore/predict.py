@@ -1122,9 +1122,8 @@ class Predictor:
                 classes = list(chosen[0].classes)  # a structure the neighbour lost has ended
             trim_to = None
             if job.options.align_prompts != "off" and job.options.answer == "trim":
-                trim_to = chosen[
-                    0
-                ].target  # the leading prompt's label (propagated neighbour or nearest prompt), aligned
+                # the leading prompt's label (the propagated neighbour's or the nearest prompt's), aligned
+                trim_to = chosen[0].target
             final = self._labels(job, group.mean(0, keepdim=True), classes, trim_to)[0]
             spread = None
             if want_spread:
