@@ -134,7 +134,8 @@ class Options:
     auto_prompts: how many self-made prompts denoise / inpaint build when no prompts are given.
     target_modality, target_window: normalisation of synthesis targets (as modality / window).
     zoom: segmentation only: "prompts" runs the model on the in-plane region around the prompt
-        labels (plus ``zoom_margin`` x the box's longer side on each side); "whole" on whole slices.
+        labels (plus ``zoom_margin`` x the box's longer side on each side), grown with each wave's
+        propagated labels when propagating (it never shrinks); "whole" on whole slices.
     align_prompts: segmentation only: each prompt is warped onto the query slice by 2D
         registration (its image and label, at tile resolution; :mod:`MVGCore.registration`)
         before the model sees it: "demons" (affine, then demons, as the registration baseline),
@@ -291,10 +292,32 @@ class _Job:
     hole: np.ndarray | None = None
     model: MVGModel | None = None
     """The model that answers (an adapted copy); None = the Predictor's."""
+    region: zoom.Region | None = None
+    """The in-plane region of ``volume`` the model sees (segmentation's zoom); None = whole slices."""
+    prompts: Sequence[Prompt] = ()
+    """Segmentation's prompts as given, cropped anew when the region grows."""
+    box: tuple[int, int, int, int] | None = None
+    """The box of the labels the region is drawn around: the prompt slices', then also the
+    propagated ones'."""
 
     @property
     def segmentation(self) -> bool:
         return self.task == "segment"
+
+    @property
+    def follows_labels(self) -> bool:
+        """Whether the region grows to take in each wave's propagated labels."""
+        return self.segmentation and bool(self.options.propagate) and self.region is not None
+
+    def view(self, plane: np.ndarray) -> np.ndarray:
+        """The part of a whole-grid plane the model sees."""
+        return plane if self.region is None else self.region.crop(plane)
+
+    def whole(self, part: np.ndarray) -> np.ndarray:
+        """A plane the model answered, on the whole grid (zero outside the region)."""
+        if self.region is None:
+            return part
+        return self.region.paste(part, plane_shape(self.volume.shape, self.axis))
 
 
 def _at_task_tile(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -397,7 +420,8 @@ class Predictor:
         and/or (image, label) pairs from other volumes. The prompts' classes are colored in
         order, whatever their label values, and decoded back to those values. With
         ``zoom="prompts"`` (the default) the model runs on the in-plane region around the prompt
-        labels (:mod:`MVGCore.zoom`); everything outside it is background.
+        labels (:mod:`MVGCore.zoom`), grown wave by wave to take in the propagated labels when
+        propagating; everything outside it is background.
         """
         opts = Options.parse(options, "segment")
         if opts.align_prompts != "off":
@@ -412,72 +436,50 @@ class Predictor:
         kept = kept_targets(prompts, volume.shape, axis)
         if opts.propagate is None:
             opts = dataclasses.replace(opts, propagate=bool(kept))
-        region = None
-        if opts.zoom == "prompts":
-            region = zoom.prompt_region(prompts, plane_shape(volume.shape, axis), spacing, opts.zoom_margin)
-        if region is None or region.covers(plane_shape(volume.shape, axis)):
-            return self._segment_job(
-                volume, prompts, axis, opts, in_range, spacing, kept, dtype, progress, cancel
-            )
-        # The model fills the region's view of whole-grid outputs; the rest stays background.
-        cropped = [zoom.crop_prompt(p, region, spacing, opts.zoom_margin) for p in prompts]
-        inner = zoom.crop_volume(volume, axis, region)
-        out = np.zeros(volume.shape, dtype=dtype)
-        spread = np.zeros(volume.shape, dtype=np.float32) if opts.return_disagreement else None
-        self._segment_job(
-            inner,
-            cropped,
-            axis,
-            opts,
-            in_range,
-            spacing,
-            kept_targets(cropped, inner.shape, axis),
-            dtype,
-            progress,
-            cancel,
-            out=zoom.crop_volume(out, axis, region),
-            disagreement=None if spread is None else zoom.crop_volume(spread, axis, region),
-        )
-        for index, target in kept.items():  # the user's prompt slices, whole and as given
-            put_slice(out, axis, index, np.asarray(target).astype(dtype, copy=False))
-        return out if spread is None else (out, spread)
-
-    def _segment_job(
-        self,
-        volume: np.ndarray,
-        prompts: Sequence[Prompt],
-        axis: int,
-        opts: Options,
-        in_range: IntensityRange,
-        spacing: tuple[float, float],
-        kept: dict[int, np.ndarray],
-        dtype: np.dtype,
-        progress: ProgressFn | None,
-        cancel: CancelToken | None,
-        out: np.ndarray | None = None,
-        disagreement: np.ndarray | None = None,
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        examples = [
-            self._label_example(number, p, in_range, opts, spacing) for number, p in enumerate(prompts)
-        ]
-        if not any(e.classes for e in examples):
-            raise ValueError("every segmentation prompt label is empty; label at least one structure")
-        classes = sorted({c for e in examples for c in e.classes})
-        fit = plan_fit(plane_shape(volume.shape, axis), self.config.tile_size, spacing)
+        whole_fit = plan_fit(plane_shape(volume.shape, axis), self.config.tile_size, spacing)
         job = _Job(
             volume,
             axis,
             opts,
             in_range,
-            examples,
+            [],
             kept,
-            fit,
+            whole_fit,
             spacing,
             "segment",
             dtype,
-            table=color_table(classes, "ordered"),
+            prompts=tuple(prompts),
         )
-        return self._run(job, progress, cancel, out, disagreement)
+        job = self._focused(job, zoom.prompt_box(prompts) if opts.zoom == "prompts" else None)
+        if not any(e.classes for e in job.examples):
+            raise ValueError("every segmentation prompt label is empty; label at least one structure")
+        job.table = color_table(sorted({c for e in job.examples for c in e.classes}), "ordered")
+        return self._run(job, progress, cancel)
+
+    def _focused(self, job: _Job, box: tuple[int, int, int, int] | None) -> _Job:
+        """Segmentation ``job`` on the zoom region around the labels' ``box`` (whole slices
+        without one or when the region is the whole plane), its prompts cut to the region (other
+        images' prompts to their own label's region) and its tile fit the region's."""
+        shape = plane_shape(job.volume.shape, job.axis)
+        opts, prompts = job.options, job.prompts
+        region = None if box is None else zoom.region_around(box, shape, job.spacing, opts.zoom_margin)
+        if region is not None and region.covers(shape):
+            region = None
+        if region is not None:
+            prompts = [zoom.crop_prompt(p, region, job.spacing, opts.zoom_margin) for p in prompts]
+        examples = [
+            self._label_example(number, p, job.in_range, opts, job.spacing)
+            for number, p in enumerate(prompts)
+        ]
+        fit = plan_fit(shape if region is None else region.shape, self.config.tile_size, job.spacing)
+        return dataclasses.replace(job, examples=examples, fit=fit, region=region, box=box)
+
+    def _followed(self, job: _Job, wave: list[int], out: np.ndarray) -> _Job:
+        """``job`` with its region grown to hold the labels predicted on the neighbours ``wave``
+        is prompted with (``Options.zoom`` with propagation: the region follows the labels)."""
+        planes = [take_slice(out, job.axis, p) for p in sorted({_neighbour_position(job, q) for q in wave})]
+        box = zoom.union_box(job.box, zoom.label_box(planes))
+        return job if box == job.box else self._focused(job, box)
 
     @_at_task_tile("denoise")
     def denoise(
@@ -911,24 +913,17 @@ class Predictor:
     # ---------------------------------------------------------------- the loop
 
     def _run(
-        self,
-        job: _Job,
-        progress: ProgressFn | None,
-        cancel: CancelToken | None,
-        out: np.ndarray | None = None,
-        disagreement: np.ndarray | None = None,
+        self, job: _Job, progress: ProgressFn | None, cancel: CancelToken | None
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Every slice of ``job``, written into ``out`` / ``disagreement`` (new arrays when None)."""
+        """Every slice of ``job``: the output volume (and the disagreement volume when asked for)."""
         volume, axis, opts = job.volume, job.axis, job.options
         n_slices = volume.shape[axis]
         if opts.propagate and not job.kept:
             raise ValueError(
                 "propagate needs prompts that are slices of the volume itself (Prompt.index set)"
             )
-        if out is None:
-            out = np.empty(volume.shape, dtype=job.out_dtype)
-        if disagreement is None and opts.return_disagreement:
-            disagreement = np.zeros(volume.shape, dtype=np.float32)
+        out = np.empty(volume.shape, dtype=job.out_dtype)
+        disagreement = np.zeros(volume.shape, dtype=np.float32) if opts.return_disagreement else None
         # Segmentation adapts here (image tasks in _image_run, once for all tiles). Adaptation
         # steps and slices make one progress count, so a caller sees one bar.
         adapt_steps = opts.adapt_steps if job.segmentation else 0
@@ -953,6 +948,8 @@ class Predictor:
         if todo and not job.examples:
             raise ValueError("no prompts to run the model with")
         for wave in _waves(todo, sorted(job.kept), opts.propagate):
+            if job.follows_labels:
+                job = self._followed(job, wave, out)
             plans = [(q, self._choose(job, q, out)) for q in wave]
             ended = [q for q, chosen in plans if job.segmentation and _lost_everything(job, chosen)]
             for q in ended:  # every structure ended before this slice: nothing to run
@@ -1015,14 +1012,12 @@ class Predictor:
 
     def _neighbour(self, job: _Job, query: int, out: np.ndarray) -> _Example | None:
         """The already predicted slice one step towards the nearest prompt slice, as a prompt."""
-        source = min(job.kept, key=lambda p: (abs(p - query), p))
-        step = 1 if query > source else -1
-        position = query - step
-        if position == source:
+        position = _neighbour_position(job, query)
+        if position in job.kept:
             return None  # the real prompt slice is the nearest prompt already
-        plane = take_slice(job.volume, job.axis, position)
+        plane = job.view(take_slice(job.volume, job.axis, position))
         image = self._tile(job.in_range.normalize(plane), False, job.spacing)
-        predicted = take_slice(out, job.axis, position)
+        predicted = job.view(take_slice(out, job.axis, position))
         if job.segmentation:
             labels = self._tile(predicted.astype(np.int64), True, job.spacing)
             classes = tuple(int(c) for c in np.unique(labels) if c != 0)
@@ -1031,7 +1026,7 @@ class Predictor:
         return _Example(image, target, position)
 
     def _query_tile(self, job: _Job, query: int) -> np.ndarray:
-        plane = take_slice(job.volume, job.axis, query)
+        plane = job.view(take_slice(job.volume, job.axis, query))
         _check_finite(plane, f"image slice {query} along axis {job.axis}")
         tile = self._tile(job.in_range.normalize(plane), False, job.spacing)
         if job.hole is not None:
@@ -1128,8 +1123,8 @@ class Predictor:
             spread = None
             if want_spread:
                 votes = self._labels(job, single, classes)
-                spread = np.mean([v != final for v in votes], axis=0).astype(np.float32)
-            return final.astype(job.out_dtype), spread
+                spread = job.whole(np.mean([v != final for v in votes], axis=0).astype(np.float32))
+            return job.whole(final.astype(job.out_dtype)), spread
         gray = group.mean(1).mean(0).numpy()
         plane = job.out_range.denormalize(unfit_from_tile(gray, job.fit, False))
         if job.hole is not None:
@@ -1298,6 +1293,12 @@ def evenly_spaced(candidates: list[int], count: int) -> list[int]:
         return list(candidates)
     picks = np.linspace(0, len(candidates) - 1, count + 2)[1:-1]
     return sorted({candidates[round(float(p))] for p in picks})
+
+
+def _neighbour_position(job: _Job, query: int) -> int:
+    """The slice one step from ``query`` towards its nearest prompt slice (``Options.propagate``)."""
+    source = min(job.kept, key=lambda p: (abs(p - query), p))
+    return query - (1 if query > source else -1)
 
 
 def _propagated(job: _Job, chosen: list[_Example]) -> bool:

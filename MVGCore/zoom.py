@@ -48,6 +48,12 @@ class Region:
     def crop(self, plane: np.ndarray) -> np.ndarray:
         return plane[self.top : self.bottom, self.left : self.right]
 
+    def paste(self, part: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """A plane of ``shape``, ``part`` (of the region's shape) inside the region, zero elsewhere."""
+        plane = np.zeros(shape, dtype=part.dtype)
+        plane[self.top : self.bottom, self.left : self.right] = part
+        return plane
+
 
 def label_box(planes: Sequence[np.ndarray]) -> tuple[int, int, int, int] | None:
     """(top, bottom, left, right) of the union of the nonzero pixels of same-shaped planes."""
@@ -56,6 +62,19 @@ def label_box(planes: Sequence[np.ndarray]) -> tuple[int, int, int, int] | None:
     if not rows.size:
         return None
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def union_box(*boxes: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+    """The smallest box holding every given box (None entries hold nothing)."""
+    given = [b for b in boxes if b is not None]
+    if not given:
+        return None
+    return (
+        min(b[0] for b in given),
+        max(b[1] for b in given),
+        min(b[2] for b in given),
+        max(b[3] for b in given),
+    )
 
 
 def region_around(
@@ -86,18 +105,11 @@ def region_around(
     return Region(top, bottom, left, right)
 
 
-def prompt_region(
-    prompts: Sequence[Prompt],
-    shape: tuple[int, int],
-    spacing: tuple[float, float] = (1.0, 1.0),
-    margin: float = DEFAULT_MARGIN,
-    min_size: int = MIN_SIZE,
-) -> Region | None:
-    """The region around the union of the labels of the prompts that are slices of the query
-    volume (``Prompt.index`` set); None when there are none or their labels are empty."""
+def prompt_box(prompts: Sequence[Prompt]) -> tuple[int, int, int, int] | None:
+    """The box of the union of the labels of the prompts that are slices of the query volume
+    (``Prompt.index`` set); None when there are none or their labels are empty."""
     planes = [p.target for p in prompts if p.index is not None]
-    box = label_box(planes) if planes else None
-    return None if box is None else region_around(box, shape, spacing, margin, min_size)
+    return label_box(planes) if planes else None
 
 
 def crop_prompt(prompt: Prompt, region: Region | None, spacing: tuple[float, float], margin: float) -> Prompt:

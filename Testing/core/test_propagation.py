@@ -15,7 +15,7 @@ from MVGCore.model import MVGModel
 from MVGCore.predict import Predictor
 from MVGCore.training_batch import collate_canvases
 from MVGCore.types import Prompt
-from MVGCore.zoom import Region, prompt_region, region_around
+from MVGCore.zoom import Region, prompt_box, region_around, union_box
 
 STORE, TILE, SIDE, SHIFT = 128, 64, 24, 4
 STILL = {"shift": 0.0, "rotate": 0.0, "scale": (1.0, 1.0), "near": (1, 3), "far_prob": 0.0}
@@ -193,14 +193,50 @@ def test_zoom_pastes_back_exactly_on_odd_anisotropic_and_flipped_grids(flip, spa
     assert whole.shape == volume.shape
 
 
+class BrightAsPrompt(CopyPromptLarge):
+    """A known model on 64 px tiles: where the query image is bright, the color its prompt's
+    target has where the prompt image is brightest; background elsewhere."""
+
+    def forward(self, images, targets, mask, ensemble_k=1, query_only=False, tasks=None):
+        half = targets.shape[-2] // 2
+        prompt_image, query_image = images[..., :half, :].mean(1), images[..., half:, :].mean(1)
+        top = targets[..., :half, :]
+        brightest = prompt_image.flatten(1).argmax(1)
+        color = top.flatten(2)[torch.arange(top.shape[0]), :, brightest][..., None, None]
+        query = torch.where(query_image[:, None] > 0, color, top[..., :1, :1])
+        return query if query_only else torch.cat([top, query], dim=-2)
+
+
+def test_with_propagation_the_zoom_region_follows_the_labels_out_of_the_prompts_region():
+    """A lesion that moves 4 px per slice leaves the region around the two prompt slices' labels;
+    the region grows with the propagated labels, so the far slices keep it."""
+    label = np.zeros((9, 101, 77), np.uint8)
+    for k in range(9):
+        label[k, 40:52, 30 + 4 * k : 41 + 4 * k] = 1
+    volume = np.where(label > 0, 500.0, -500.0).astype(np.float32)
+    prompts = [Prompt.from_volume(volume, k, label[k]) for k in (0, 1)]
+    fixed = region_around(prompt_box(prompts), (101, 77), margin=0.25)
+    assert not label[8][fixed.top : fixed.bottom, fixed.left : fixed.right].any()
+    predictor = Predictor(BrightAsPrompt(), device="cpu")
+    options = dict(modality="CT", window=(-1000.0, 1000.0), align_prompts="off")
+    followed = predictor.segment(volume, prompts, **options)
+    for k in range(2, 9):
+        assert dice_per_class(followed[k], label[k], [1])[1] > 0.9, k
+    alone = predictor.segment(volume, prompts, propagate=False, **options)  # the prompts' region only
+    assert dice_per_class(alone[5], label[5], [1])[1] > 0.9 and not alone[8].any()
+
+
 def test_zoom_region_is_square_in_physical_units_and_inside_the_plane():
     region = region_around((40, 52, 30, 41), (101, 77), spacing=(0.7, 1.4), margin=0.25, min_size=8)
     rows, cols = region.shape
     assert rows * 0.7 == pytest.approx(cols * 1.4, abs=1.4)
     edge = region_around((0, 5, 70, 77), (101, 77), margin=0.25, min_size=20)
     assert edge.top == 0 and edge.right == 77 and edge.shape == (20, 20)
-    assert prompt_region([Prompt(np.zeros((5, 5)), np.zeros((5, 5), np.uint8), 0)], (5, 5)) is None
+    assert prompt_box([Prompt(np.zeros((5, 5)), np.zeros((5, 5), np.uint8), 0)]) is None
     assert Region(0, 5, 0, 5).covers((5, 5))
+    assert union_box((3, 5, 2, 4), None, (1, 4, 3, 9)) == (1, 5, 2, 9) and union_box(None) is None
+    pasted = Region(1, 3, 2, 5).paste(np.ones((2, 3), np.int16), (4, 6))
+    assert pasted.dtype == np.int16 and pasted.sum() == 6 and pasted[1:3, 2:5].all()
 
 
 # ------------------------------------------------------------------ colors by class order
