@@ -121,7 +121,7 @@ def test_a_republication_carries_over_only_the_kept_tasks_whole_commands_and_cas
     kept = make_model_card.kept_evaluation(_evaluation(), ["denoise", "inpaint"])
     assert kept["commands"] == ["evaluate --tasks denoise inpaint"]
     assert kept["settings"] == [{"tasks": ["denoise", "inpaint"]}]
-    assert sorted(kept["summary"]) == ["denoise", "inpaint"]
+    assert kept["summaries"] == [{"denoise": {"mvg": {}}, "inpaint": {"mvg": {}}}]
     assert [(r["dataset"], r["case"], r["task"]) for r in kept["records"]] == [
         ("pydicom-data", "chest_xr", "denoise"),
         ("pyradiomics", "lung2", "inpaint"),
@@ -132,6 +132,23 @@ def test_a_republication_carries_over_only_the_kept_tasks_whole_commands_and_cas
     assert make_model_card.verdicts(kept["records"], "mvg")[1] == (
         "- inpaint pyradiomics/lung2: 15.000 does NOT beat classical"
     )
+
+
+def test_each_command_keeps_its_own_summary_when_two_evaluate_the_same_task():
+    """Cards keep one summary per command: two segmentation reports used to collapse into the
+    last one, keyed by task."""
+    evaluation = _evaluation()
+    evaluation["commands"].insert(1, "evaluate --tasks segment --open-samples more")
+    evaluation["settings"].insert(1, {"tasks": ["segment"]})
+    del evaluation["summary"]
+    evaluation["summaries"] = [{"segment": {"a": {}}}, {"segment": {"b": {}}}, {"denoise": {"c": {}}}]
+    assert make_model_card.kept_evaluation(evaluation, ["segment"])["summaries"] == [
+        {"segment": {"a": {}}},
+        {"segment": {"b": {}}},
+    ]
+    assert make_model_card.kept_evaluation(evaluation, ["denoise", "inpaint"])["summaries"] == [
+        {"denoise": {"c": {}}}
+    ]
 
 
 def test_a_command_cannot_be_carried_over_half_nor_an_absent_task():

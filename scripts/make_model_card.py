@@ -202,10 +202,8 @@ def main() -> None:
         "evaluation": {
             "commands": [command for _, command in reports] + (kept["commands"] if kept else []),
             "default_method": args.default_method,
-            "summary": {
-                **{task: v for e in evaluations for task, v in e["summary"].items()},
-                **(kept["summary"] if kept else {}),
-            },
+            # one per command (a task evaluated by two commands keeps both)
+            "summaries": [e["summary"] for e in evaluations] + (kept["summaries"] if kept else []),
             "settings": [e["settings"] for e in evaluations] + (kept["settings"] if kept else []),
             "per_case": {f"{r['dataset']}/{r['case']}/{r['task']}": r["methods"] for r in records},
             "cases_sharing_a_training_image": shared,
@@ -301,8 +299,8 @@ def main() -> None:
         "",
         f"- Tiles are {card['tile_size']} px; segmentation runs at {card['segment_tile_size']} px"
         " (`segment_tile_size` in the sidecar's config; `tile_size` option) and zooms onto the"
-        ' prompts\' region (`zoom="prompts"`), so a structure that leaves that region between prompt'
-        " slices is cut off.",
+        ' prompts\' region (`zoom="prompts"`), which grows with the propagated labels; a structure'
+        " that moves out of it where no answer reaches is cut off.",
         shipped_line(len(stages), stages[-1], args.picked_by),
         *(
             [
@@ -324,8 +322,8 @@ def kept_evaluation(evaluation: dict, tasks: list[str]) -> dict:
     """The previous card's evaluations of ``tasks`` (commands, settings, per-case records and
     summaries), for a republication whose inference change leaves those tasks alone. A command
     that also evaluated another task cannot be carried over half, so it is refused."""
-    commands, settings = [], []
-    for command, setting in zip(evaluation["commands"], evaluation["settings"]):
+    commands, settings, summaries = [], [], []
+    for number, (command, setting) in enumerate(zip(evaluation["commands"], evaluation["settings"])):
         covered = set(setting["tasks"]) & set(tasks)
         if covered and covered != set(setting["tasks"]):
             raise ValueError(
@@ -334,6 +332,7 @@ def kept_evaluation(evaluation: dict, tasks: list[str]) -> dict:
         if covered:
             commands.append(command)
             settings.append(setting)
+            summaries.append(_command_summary(evaluation, number, setting["tasks"]))
     records = []
     for key, methods in evaluation["per_case"].items():
         dataset, case, task = key.rsplit("/", 2)
@@ -341,8 +340,16 @@ def kept_evaluation(evaluation: dict, tasks: list[str]) -> dict:
             records.append({"dataset": dataset, "case": case, "task": task, "methods": methods})
     if not records:
         raise ValueError(f"the previous card has no evaluation of {tasks} to keep")
-    summary = {task: value for task, value in evaluation["summary"].items() if task in tasks}
-    return {"commands": commands, "settings": settings, "records": records, "summary": summary}
+    return {"commands": commands, "settings": settings, "records": records, "summaries": summaries}
+
+
+def _command_summary(evaluation: dict, number: int, tasks: list[str]) -> dict:
+    """The summary of a previous card's ``number``-th command. Cards before 2026-12-03 kept one
+    summary keyed by task (the last command's per task), which is that command's when it is the
+    only one to evaluate its tasks, as a kept command is."""
+    if "summaries" in evaluation:
+        return evaluation["summaries"][number]
+    return {task: evaluation["summary"][task] for task in tasks if task in evaluation["summary"]}
 
 
 def kept_lines(kept: dict) -> list[str]:
