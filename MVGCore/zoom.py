@@ -3,7 +3,9 @@
 A whole 512 x 512 CT slice fitted into a 128 px tile is shrunk 4x, so a small structure covers a
 few tokens. Users prompt the structures they want, so the in-plane region worth looking at is the
 union of the prompt labels' boxes plus a margin: that region is cropped from every slice, fitted to
-the tile and the answer pasted back onto the input grid (zero outside it). Training draws the same
+the tile and the answer pasted back onto the input grid (zero outside it). When segmentation
+propagates, the Predictor grows the box with the labels propagated so far before each wave of
+slices (:func:`union_box`), so the region follows a structure that moves. Training draws the same
 views (``SamplerConfig.zoom_prob``), with the same margin and minimum size, so the model sees at
 inference the scale it learnt.
 
