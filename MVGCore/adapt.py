@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .checks import is_whole
 from .data.samplers import AugmentConfig, PropagationConfig, apply_flips, move_half, shared_augment
 from .loss import mvg_loss
 from .model import MVGModel
@@ -59,7 +60,7 @@ class AdaptSettings:
             )
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            if not is_whole(value):
                 raise ValueError(f"adaptation {name} must be a whole number >= 0, got {value!r}")
         if self.batch_size < 1:
             raise ValueError(f"adaptation batch_size must be at least 1, got {self.batch_size}")

@@ -45,6 +45,7 @@ from .canvas import (
     unfit_from_tile,
 )
 from .checkpoint import PICKLE_SUFFIXES, load_model, load_state_dict_file, sidecar_path
+from .checks import is_whole
 from .cli import attach_dash_values
 from .coloring import check_labels, color_table, decode
 from .config import MVGConfig
@@ -95,11 +96,6 @@ SAMPLE_VOXELS = 1_000_000
 """Intensity ranges of larger volumes are estimated on a strided sample of this many voxels."""
 MIN_AUTO_NOISE = 0.01
 """Floor of the noise level (in [0, 1] units) of self-made denoising prompts."""
-
-
-def _is_whole(value: Any, minimum: int) -> bool:
-    """Whether an option is a whole number (Python or numpy, not a bool) of at least ``minimum``."""
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= minimum
 
 
 @dataclass(frozen=True)
@@ -199,11 +195,11 @@ class Options:
                 raise ValueError(f"option ct_window: {error}") from None
         if self.image_scale not in IMAGE_SCALES:
             raise ValueError(f"option image_scale must be one of {IMAGE_SCALES}, got {self.image_scale!r}")
-        if self.tile_overlap is not None and not _is_whole(self.tile_overlap, 0):
+        if self.tile_overlap is not None and not is_whole(self.tile_overlap, 0):
             raise ValueError(
                 f"option tile_overlap must be a whole number of pixels >= 0, got {self.tile_overlap!r}"
             )
-        if self.tile_size is not None and not _is_whole(self.tile_size, 1):
+        if self.tile_size is not None and not is_whole(self.tile_size, 1):
             raise ValueError(
                 f"option tile_size must be a positive whole number of pixels, got {self.tile_size!r}"
             )
@@ -236,9 +232,9 @@ class Options:
                     f"option spacing must be three positive (k, j, i) numbers, got {self.spacing}"
                 )
             object.__setattr__(self, "spacing", spacing)
-        if not _is_whole(self.k_prompts, 1):
+        if not is_whole(self.k_prompts, 1):
             raise ValueError(f"option k_prompts must be a positive integer, got {self.k_prompts!r}")
-        if not _is_whole(self.auto_prompts, 1):
+        if not is_whole(self.auto_prompts, 1):
             raise ValueError(f"option auto_prompts must be a positive integer, got {self.auto_prompts!r}")
         if self.ensemble not in ENSEMBLES:
             raise ValueError(f"option ensemble must be one of {ENSEMBLES}, got {self.ensemble!r}")

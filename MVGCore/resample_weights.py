@@ -13,11 +13,11 @@ import dataclasses
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_patch_embed
 
+from MVGCore.checks import is_whole
 from MVGCore.model import MVGModel
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,7 @@ def fit_weights(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor
 def check_tile_size(tile_size: Any, patch: int) -> int:
     """``tile_size`` as an int when it is a positive whole multiple of ``patch`` (the only tiles a
     model of that patch size can run at); a one-line error naming the option otherwise."""
-    whole = not isinstance(tile_size, bool) and isinstance(tile_size, (int, np.integer))
-    if not whole or tile_size < patch or tile_size % patch:
+    if not is_whole(tile_size, patch) or tile_size % patch:
         raise ValueError(
             f"option tile_size must be a positive multiple of the model's patch size {patch}, "
             f"got {tile_size!r}"

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from .checks import is_whole
 from .types import CancelToken, ProgressFn, Prompt
 
 
 def check_axis(axis: int, ndim: int = 3) -> int:
     """``axis`` if it indexes an array of ``ndim`` dimensions, else a ValueError naming it."""
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not 0 <= axis < ndim:
+    if not is_whole(axis) or axis >= ndim:
         raise ValueError(f"axis must be an integer in 0..{ndim - 1}, got {axis!r}")
     return int(axis)
 

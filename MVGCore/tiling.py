@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import is_whole
+
 
 @dataclass(frozen=True)
 class TilePlan:
@@ -58,9 +60,9 @@ def plan_tiles(shape: tuple[int, int], size: int, overlap: int = 32) -> TilePlan
     """The tiles of ``size`` pixels overlapping by at least ``overlap`` that cover a plane of ``shape``."""
     if len(shape) != 2 or min(shape) < 1:
         raise ValueError(f"a plane must be a non-empty 2D shape, got {shape}")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+    if not is_whole(size, 1):
         raise ValueError(f"tile size must be a positive integer, got {size!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < size:
+    if not is_whole(overlap) or overlap >= size:
         raise ValueError(f"tile overlap must be an integer in 0..{size - 1}, got {overlap!r}")
     shape = (int(shape[0]), int(shape[1]))
     padded = (max(shape[0], size), max(shape[1], size))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from MVGCore.checks import is_whole
 from MVGCore.slicewise import put_slice
 from MVGCore.types import CancelToken, ProgressFn, Prompt
 
@@ -49,7 +50,7 @@ class Job:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         steps = self.adapt_steps
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        if not is_whole(steps):
             raise ValueError(f"adapt_steps must be 0 (off) or a positive whole number, got {steps!r}")
         if steps and self.task != "Segment":
             raise ValueError(f"adapting the model to the scan applies to Segment only, not to {self.task}")
