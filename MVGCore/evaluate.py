@@ -45,8 +45,8 @@ from .degrade import HOLE_MODELS, NOISE_MODELS, add_noise, check_noise_level, ma
 from .figures import Panel, montage
 from .intensity import IntensityRange, intensity_range
 from .metrics import dice_per_class, hd95, psnr, ssim, summarize
-from .predict import ENSEMBLES, evenly_spaced
-from .slicewise import check_axis, plane_shape, put_slice, take_slice
+from .predict import ENSEMBLES
+from .slicewise import check_axis, evenly_spaced, plane_shape, put_slice, take_slice
 from .types import TASKS, CancelToken, Prompt
 
 log = logging.getLogger(__name__)

@@ -64,6 +64,7 @@ from .resample_weights import at_tile_size, check_tile_size
 from .slicewise import (
     SliceLoop,
     check_axis,
+    evenly_spaced,
     kept_targets,
     label_dtype,
     plane_shape,
@@ -1281,14 +1282,6 @@ def _plane_spacing(spacing: tuple[float, float, float] | None, axis: int) -> tup
     if spacing is None:
         return (1.0, 1.0)
     return tuple(s for a, s in enumerate(spacing) if a != axis)
-
-
-def evenly_spaced(candidates: list[int], count: int) -> list[int]:
-    """Up to ``count`` entries of ``candidates`` spread evenly, avoiding the two ends when possible."""
-    if len(candidates) <= count:
-        return list(candidates)
-    picks = np.linspace(0, len(candidates) - 1, count + 2)[1:-1]
-    return sorted({candidates[round(float(p))] for p in picks})
 
 
 def _neighbour_position(job: _Job, query: int) -> int:

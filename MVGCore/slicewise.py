@@ -154,3 +154,11 @@ def kept_targets(prompts: Sequence[Prompt], shape: tuple[int, ...], axis: int) -
             raise ValueError(f"prompt {number} repeats slice {prompt.index}; give each slice once")
         kept[int(prompt.index)] = prompt.target
     return kept
+
+
+def evenly_spaced(candidates: list[int], count: int) -> list[int]:
+    """Up to ``count`` entries of ``candidates`` spread evenly, avoiding the two ends when possible."""
+    if len(candidates) <= count:
+        return list(candidates)
+    picks = np.linspace(0, len(candidates) - 1, count + 2)[1:-1]
+    return sorted({candidates[round(float(p))] for p in picks})

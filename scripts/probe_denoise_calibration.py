@@ -24,7 +24,8 @@ from MVGCore.demo import DEFAULT_MODEL, IMAGE_SLICES, NOISE_HU, SAMPLE_IMAGE
 from MVGCore.intensity import intensity_range
 from MVGCore.io import read_volume
 from MVGCore.metrics import psnr
-from MVGCore.predict import Predictor, evenly_spaced
+from MVGCore.predict import Predictor
+from MVGCore.slicewise import evenly_spaced
 from MVGCore.types import Prompt
 
 GIVEN_SLICES = (5, 15)
