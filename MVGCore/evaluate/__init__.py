@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,16 +37,16 @@ from typing import Any
 
 import numpy as np
 
-from . import cli
-from .checkpoint import atomic_write
-from .data.sources import Case
-from .degrade import HOLE_MODELS, NOISE_MODELS, add_noise, check_noise_level, make_hole
-from .figures import Panel, montage
-from .intensity import IntensityRange, intensity_range
-from .metrics import dice_per_class, hd95, psnr, ssim, summarize
-from .predict import ENSEMBLES
-from .slicewise import check_axis, evenly_spaced, plane_shape, put_slice, take_slice
-from .types import TASKS, CancelToken, Prompt
+from .. import cli
+from ..checkpoint import atomic_write
+from ..data.sources import Case
+from ..degrade import HOLE_MODELS, NOISE_MODELS, add_noise, check_noise_level, make_hole
+from ..figures import Panel, montage
+from ..intensity import IntensityRange, intensity_range
+from ..metrics import dice_per_class, hd95, psnr, ssim, summarize
+from ..predict import ENSEMBLES
+from ..slicewise import check_axis, evenly_spaced, plane_shape, put_slice, take_slice
+from ..types import TASKS, CancelToken, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +169,7 @@ class _Posed:
 
 
 def _pose(case: Case, task: str, settings: Settings, case_number: int) -> _Posed:
-    from .io import read_volume
+    from ..io import read_volume
 
     axis = settings.axis
     image = read_volume(case.images[0])
@@ -410,7 +409,7 @@ def evaluate(
 def _check_prompt_count(cases: Sequence[Case], settings: Settings) -> None:
     """Prompts are slices of each case itself, so as many prompts as slices leave nothing to score;
     refused (from the headers alone) before any report file is written."""
-    from .io import read_geometry
+    from ..io import read_geometry
 
     for case in cases:
         slices = read_geometry(case.images[0])[0][settings.axis]
@@ -590,8 +589,8 @@ def build_methods(
     (``variants`` are extra Predictor options, e.g. ``{"adapt_steps": 30}`` or ``{"zoom": "whole"}``,
     to compare in one run). A variant that adapts answers only the tasks adaptation applies to.
     """
-    from .adapt import ADAPT_TASKS
-    from .baselines import ClassicalBaseline
+    from ..adapt import ADAPT_TASKS
+    from ..baselines import ClassicalBaseline
 
     for ensemble in ensembles:
         if ensemble not in ENSEMBLES:
@@ -600,7 +599,7 @@ def build_methods(
         raise ValueError("comparing ensembles needs k_prompts >= 2 (with one prompt they are identical)")
     methods = []
     if predictor is not None:
-        from .predict import Options
+        from ..predict import Options
 
         for variant in variants:
             Options.parse(variant)  # unknown or invalid options fail here, before any case runs
@@ -640,8 +639,8 @@ def _options_json(text: str) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .data.sources import load_cases, validate_cases
-    from .predict import Predictor
+    from ..data.sources import load_cases, validate_cases
+    from ..predict import Predictor
 
     parser = argparse.ArgumentParser(prog="python -m MVGCore.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="model .safetensors (omit to run baselines only)")
@@ -713,7 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     cases = [case for path in args.data for case in load_cases(path)]
     if args.open_samples:
-        from .data import open_samples
+        from ..data import open_samples
 
         cases += open_samples.select(args.open_samples)
     cases = validate_cases(cases, require_foreground=False)[: args.max_cases]
@@ -729,7 +728,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("report written to %s", args.out)
     print(summary_table(records, [m.name for m in methods]))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli.run(main, "python -m MVGCore.evaluate"))
