@@ -7,7 +7,7 @@ NRRD/NIfTI) and returns at most 8 files of 16 MiB, 64 MiB in all. Hence three st
 1. here: ``pack`` writes a compact pack (``runs/gpu_pack``, git-ignored): a slice store of the open
    samples and phantoms at the 224-pixel tiles of MVGCore/configs/small_h200_8min.yaml, images
    quantised to 8 bits and compressed (training draws augmented crops; 1/255 is below its noise),
-   without any case the default model holds out (MVGCore/configs/default_tiny_stage3.yaml); and
+   without any case the default model holds out (recipes/tiny_default/default_tiny_stage3.yaml); and
    the held-out validation volumes as compressed arrays with their 2 prompt slices (as
    ``MVGCore.evaluate`` chooses them) and the Dice of the classical baselines on them.
 2. on the device: ``train`` unpacks the store, measures the step rate in a short probe, trains
@@ -76,7 +76,7 @@ log = logging.getLogger("benchmarks.gpu_train_small")
 
 PROG = "python -m benchmarks.gpu_train_small"
 CONFIG = REPO / "MVGCore" / "configs" / "small_h200_8min.yaml"
-HELD_OUT_FROM = REPO / "MVGCore" / "configs" / "default_tiny_stage3.yaml"
+HELD_OUT_FROM = REPO / "recipes" / "tiny_default" / "default_tiny_stage3.yaml"
 DEFAULT_PACK = REPO / "runs" / "gpu_pack"
 PACK_FORMAT, SHARDS_FORMAT = "mvg-gpu-pack/1", "mvgcore-shards/1"
 PACK_FILE, STORE_ARCHIVE, STORE_MANIFEST = "pack.json", "store.npz", "store_manifest.json"

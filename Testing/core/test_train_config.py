@@ -10,7 +10,10 @@ from MVGCore import cli
 from MVGCore.train import main
 from MVGCore.training_config import TrainConfig, load_config, parse_override, save_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "MVGCore" / "configs"
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "MVGCore" / "configs"
+RECORDED = sorted((REPO / "recipes").rglob("*.yaml")) + sorted((REPO / "research" / "configs").glob("*.yaml"))
+"""The recipe of the shipped weights and the probes: not package data, but rerun from the docs."""
 
 
 def test_unknown_keys_are_named(tmp_path):
@@ -97,6 +100,12 @@ def test_dotted_overrides_set_one_entry_of_nested_mappings(tmp_path):
 @pytest.mark.parametrize("name", ["quickstart.yaml", "tiny_cpu.yaml", "large_8gpu.yaml"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / name, {"data": ["x"]} if name == "large_8gpu.yaml" else None)
+    assert config.model_config().tile_size % config.model_config().patch_size == 0
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=lambda path: path.relative_to(REPO).as_posix())
+def test_recipe_and_research_configs_load(path):
+    config = load_config(path, {"data": ["x"]})  # they name their store on the command line
     assert config.model_config().tile_size % config.model_config().patch_size == 0
 
 
