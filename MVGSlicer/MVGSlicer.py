@@ -34,17 +34,13 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "MVGCore")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)  # running from a source checkout: MVGCore sits next to the module folder
 
-from MVGSlicerLib import batch, install, models, mrml_io, pipeline, resources, runner  # noqa: E402
+from MVGSlicerLib import batch, install, models, mrml_io, pipeline, resources, runner, sample_data  # noqa: E402
 from MVGSlicerLib.engine import DEVICES, EngineCache, is_out_of_memory  # noqa: E402
 from MVGSlicerLib.simple_engine import SimpleEngine  # noqa: E402
 
 from MVGCore.slicewise import take_slice  # noqa: E402
 
 VIEW_NAMES = ("Red", "Green", "Yellow")
-SAMPLE_CATEGORY = "MVG Slicer"
-SAMPLE_FILES = ("MVGSampleLungCT.nrrd", "MVGSampleLungCT_label.nrrd")
-SAMPLE_NODE_NAMES = ("MVGSampleLungCT", "MVGSampleLungCT tumour")
-SAMPLE_PROMPT_SLICES = (8, 12)
 POLL_INTERVAL_MS = 100
 
 
@@ -70,28 +66,12 @@ class MVGSlicer(ScriptedLoadableModule):
 
 
 def registerSampleData(sampleDataLogic=None):
-    """The bundled lung CT crop and its tumour label (loaded as a segmentation to use as prompts).
-
-    Only arguments every supported Slicer accepts: ``loadFileType`` (a list is fine) works from
-    5.6 to 5.12, ``loadFileTypes`` does not exist before 5.10, and categories with a title of
-    their own only exist from 5.12 (before, the category name is the title).
-    """
+    """The bundled lung CT crop and its tumour label, in the Sample Data module (see sample_data)."""
     if sampleDataLogic is None:
         import SampleData
 
         sampleDataLogic = SampleData.SampleDataLogic
-    if hasattr(sampleDataLogic, "registerCustomSampleDataCategory"):
-        sampleDataLogic.registerCustomSampleDataCategory(SAMPLE_CATEGORY, title=_("MVG Slicer"))
-    folder = resources.shared_resource("SampleData")
-    sampleDataLogic.registerCustomSampleDataSource(
-        category=SAMPLE_CATEGORY,
-        sampleName=SAMPLE_NODE_NAMES[0],
-        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MVGSlicer.png"),
-        uris=[(folder / name).as_uri() for name in SAMPLE_FILES],
-        fileNames=list(SAMPLE_FILES),
-        nodeNames=list(SAMPLE_NODE_NAMES),
-        loadFileType=["VolumeFile", "SegmentationFile"],
-    )
+    sample_data.register(sampleDataLogic, title=_("MVG Slicer"))
 
 
 @parameterNodeWrapper
@@ -612,8 +592,8 @@ class MVGSlicerTest(ScriptedLoadableModuleTest):
 
     def _sample(self):
         folder = resources.shared_resource("SampleData")
-        volume = batch.load_volume(slicer.modules.volumes.logic(), folder / SAMPLE_FILES[0])
-        prompts = batch.load_segmentation(slicer.modules.segmentations.logic(), folder / SAMPLE_FILES[1])
+        volume = batch.load_volume(slicer.modules.volumes.logic(), folder / sample_data.FILES[0])
+        prompts = batch.load_segmentation(slicer.modules.segmentations.logic(), folder / sample_data.FILES[1])
         return volume, prompts
 
     def _modelMissing(self) -> bool:
@@ -664,7 +644,7 @@ class MVGSlicerTest(ScriptedLoadableModuleTest):
             return
         volume, prompts = self._sample()
         logic = MVGSlicerLogic()
-        job = pipeline.segment_job(volume, prompts, SAMPLE_PROMPT_SLICES)
+        job = pipeline.segment_job(volume, prompts, sample_data.PROMPT_SLICES)
         run = logic.startRun(job, "", "cpu")
         self._waitFor(lambda: run.poll() != runner.RUNNING)
         self.assertEqual(run.state, runner.DONE, run.error)
@@ -698,7 +678,7 @@ class MVGSlicerTest(ScriptedLoadableModuleTest):
         slicer.app.processEvents()
         self.assertTrue(p.holeSegmentID)
         self.assertEqual(p.holeSegmentID, widget.ui.holeSegmentSelector.currentSegmentID())
-        p.task, p.promptAxis, p.promptIndices = "Segment", 0, list(SAMPLE_PROMPT_SLICES)
+        p.task, p.promptAxis, p.promptIndices = "Segment", 0, list(sample_data.PROMPT_SLICES)
         widget.onRunButton()
         self.assertEqual(widget.ui.runButton.text, "Cancel")
         self._waitFor(lambda: widget._run is None)  # only the widget's QTimer advances the run

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from MVGSlicerLib import resources
+from MVGSlicerLib import resources, sample_data
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "MVGSlicer"
@@ -123,13 +123,7 @@ def test_icons_are_128_pixel_pngs(icon):
 
 
 def test_registered_sample_files_exist():
-    tree = ast.parse((MODULE / "MVGSlicer.py").read_text())
-    assignment = next(
-        n
-        for n in tree.body
-        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SAMPLE_FILES"
-    )
-    names = ast.literal_eval(assignment.value)
+    names = sample_data.FILES
     assert names and all(resources.shared_resource("SampleData", name).is_file() for name in names)
 
 
