@@ -35,13 +35,13 @@ if os.path.isdir(os.path.join(_SOURCE_ROOT, "MVGCore")) and _SOURCE_ROOT not in 
     sys.path.append(_SOURCE_ROOT)  # running from a source checkout: MVGCore sits next to the module folder
 
 from MVGSlicerLib import batch, install, models, mrml_io, pipeline, resources, runner, sample_data  # noqa: E402
-from MVGSlicerLib.engine import DEVICES, EngineCache, is_out_of_memory  # noqa: E402
+from MVGSlicerLib.engine import DEVICES, EngineCache  # noqa: E402
 from MVGSlicerLib.simple_engine import SimpleEngine  # noqa: E402
+from MVGSlicerWidgets.run_panel import RunPanel  # noqa: E402
 
 from MVGCore.slicewise import take_slice  # noqa: E402
 
 VIEW_NAMES = ("Red", "Green", "Yellow")
-POLL_INTERVAL_MS = 100
 
 
 class MVGSlicer(ScriptedLoadableModule):
@@ -103,8 +103,6 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._run = None  # runner.ModelRun while the model process runs
-        self._job = None  # the pipeline.Job it computes
         self._updatingGUI = False
 
     def setup(self) -> None:
@@ -115,9 +113,7 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = MVGSlicerLogic()
-        self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_INTERVAL_MS)
-        self.timer.connect("timeout()", self.onPoll)
+        self.runPanel = RunPanel(self.ui, self.logic, lambda: self._parameterNode)
 
         editor = self.ui.segmentEditorWidget
         editor.setMRMLScene(slicer.mrmlScene)
@@ -136,11 +132,10 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.holeSegmentSelector.connect("currentSegmentChanged(QString)", self.onHoleSegmentChanged)
         self.ui.browseModelButton.connect("clicked()", self.onBrowseModel)
         self.ui.importWeightsButton.connect("clicked()", self.onImportWeights)
-        self.ui.runButton.connect("clicked()", self.onRunButton)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.stopRun()
+        self.runPanel.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -156,7 +151,7 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.stopRun(_("Cancelled: the scene was closed."))
+        self.runPanel.stop(_("Cancelled: the scene was closed."))
         self._releaseSegmentEditor()
         self.ui.segmentEditorWidget.setSegmentationNode(None)
         self.setParameterNode(None)
@@ -215,13 +210,7 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.promptListWidget.clear()
         for index in p.promptIndices:
             self.ui.promptListWidget.addItem(f"{'kji'[p.promptAxis]} = {index}")
-        self._updateRunButton()
-
-    def _updateRunButton(self) -> None:
-        if self._run is None:
-            self.ui.runButton.text = _("Run")
-            p = self._parameterNode
-            self.ui.runButton.enabled = p is not None and p.inputVolume is not None
+        self.runPanel.updateButton()
 
     def onAddSlice(self, viewName: str) -> None:
         with slicer.util.tryWithErrorDisplay(_("Cannot add this slice as a prompt."), waitCursor=False):
@@ -269,115 +258,6 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.infoDisplay(
                 _("Weights stored in {path}. They work offline from now on.").format(path=stored)
             )
-
-    def onRunButton(self) -> None:
-        if self._run is not None:
-            self._run.cancel()
-            self.ui.runButton.enabled = False
-            self.ui.statusLabel.text = _("Cancelling...")
-            return
-        self.ui.runButton.enabled = False  # no second click while packages install or inputs are written
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Could not start the run."), waitCursor=True):
-                if not self.ensureDependencies():
-                    return
-                p = self._parameterNode
-                job = self.logic.createJob(p)  # reads the scene here; the model process never sees MRML
-                self._run = self.logic.startRun(job, p.modelPath, p.device)
-                self._job = job
-                self.ui.progressBar.maximum = job.total_steps
-                self.ui.progressBar.value = 0
-                self.ui.statusLabel.text = _("Starting the model...")
-                self.timer.start()
-        finally:
-            if self._run is None:
-                self._updateRunButton()
-            else:
-                self.ui.runButton.text = _("Cancel")
-                self.ui.runButton.enabled = True
-
-    def ensureDependencies(self) -> bool:
-        """Ask before installing anything; pip runs here, on the main thread, logging to the console."""
-        missing = self.logic.missingDependencies()
-        if not missing:
-            return True
-        viaPyTorchUtils = hasattr(slicer.modules, "pytorchutils")
-        if not slicer.util.confirmOkCancelDisplay(install.consent_message(missing, viaPyTorchUtils)):
-            return False
-        slicer.util.displayPythonShell()
-        with slicer.util.WaitCursor():
-            self.logic.installDependencies(missing)
-        return True
-
-    def onPoll(self) -> None:
-        """QTimer tick: read the model process's progress; once it exited, store or report the outcome."""
-        run, job = self._run, self._job
-        state = run.poll()
-        if run.total:
-            self.ui.progressBar.maximum = run.total
-            self.ui.progressBar.value = run.done
-            if state == runner.RUNNING and not run.cancelling:
-                stage, done, total = run.stage()
-                if stage == "adapt":
-                    text = _("Adapting the model to this scan: step {done} of {total}")
-                else:
-                    text = _("{done} of {total} slices")
-                self.ui.statusLabel.text = text.format(done=done, total=total)
-        if state == runner.RUNNING:
-            return
-        self.timer.stop()
-        self._run, self._job = None, None
-        self._updateRunButton()
-        if run.device:
-            self.showDevice(run.device)
-        if state == runner.CANCELLED:
-            self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
-        elif state == runner.FAILED:
-            self.onRunFailed(run)
-        else:
-            with slicer.util.tryWithErrorDisplay(_("Could not store the result."), waitCursor=True):
-                node = self.logic.writeResult(job, run.result)  # refuses if the input left the scene
-                self.ui.statusLabel.text = _("Done: created '{name}'.").format(name=node.GetName())
-                if job.task != "Segment":
-                    slicer.util.setSliceViewerLayers(background=node, fit=False)
-
-    def stopRun(self, message: str = "") -> None:
-        """Stop a running model process and drop its result (module cleanup, scene closing)."""
-        self.timer.stop()
-        if self._run is None:
-            return
-        self._run.close()  # terminates the child (then kills it) and removes its temporary folder
-        self._run, self._job = None, None
-        if message:
-            self.ui.statusLabel.text = message
-        self._updateRunButton()
-
-    def onRunFailed(self, run) -> None:
-        logging.error("MVGSlicer: %s. Output of the model process:\n%s", run.error, "\n".join(run.log_lines))
-        self.ui.statusLabel.text = _("Failed: {error}").format(error=run.error)
-        p = self._parameterNode
-        if is_out_of_memory(RuntimeError(run.error)) and p is not None and p.device != "cpu":
-            if slicer.util.confirmYesNoDisplay(
-                _(
-                    "The GPU ran out of memory. Close other programs using the GPU, or run on the CPU "
-                    "(slower). Run again on the CPU now?"
-                )
-            ):
-                p.device = "cpu"
-                self.onRunButton()
-            return
-        slicer.util.errorDisplay(
-            _("The run failed: {error}. The model's output is in the Python console.").format(error=run.error)
-        )
-
-    def showDevice(self, device: str) -> None:
-        if device.startswith("cuda"):
-            self.ui.deviceInUseLabel.text = _("Device in use: {device} (GPU)").format(device=device)
-        else:
-            self.ui.deviceInUseLabel.text = _(
-                "Device in use: {device}. No usable GPU: runs are much slower. If this computer has an "
-                "NVIDIA GPU, reinstall PyTorch with CUDA through the PyTorch Utils module."
-            ).format(device=device)
 
 
 class MVGSlicerLogic(ScriptedLoadableModuleLogic):
@@ -679,15 +559,15 @@ class MVGSlicerTest(ScriptedLoadableModuleTest):
         self.assertTrue(p.holeSegmentID)
         self.assertEqual(p.holeSegmentID, widget.ui.holeSegmentSelector.currentSegmentID())
         p.task, p.promptAxis, p.promptIndices = "Segment", 0, list(sample_data.PROMPT_SLICES)
-        widget.onRunButton()
+        widget.runPanel.onRunButton()
         self.assertEqual(widget.ui.runButton.text, "Cancel")
-        self._waitFor(lambda: widget._run is None)  # only the widget's QTimer advances the run
+        self._waitFor(lambda: widget.runPanel.run is None)  # only the panel's QTimer advances the run
         self.assertIn("Done", widget.ui.statusLabel.text)
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("MVGSampleLungCT MVG segment"))
 
-        widget.onRunButton()  # a run in progress when the scene closes is stopped, and writes nothing
+        widget.runPanel.onRunButton()  # a run in progress when the scene closes is stopped, writes nothing
         slicer.mrmlScene.Clear()
-        self.assertIsNone(widget._run)
+        self.assertIsNone(widget.runPanel.run)
         self.assertEqual(widget.ui.runButton.text, "Run")
         slicer.util.selectModule("Data")  # leaving the module leaves no active editor effect behind
         self.assertIsNone(widget.ui.segmentEditorWidget.activeEffect())

@@ -64,12 +64,17 @@ def test_every_slicer_parameter_name_matches_a_field_of_a_compatible_type():
             assert (annotation, widget_class) == ("str", "QLineEdit"), widget_name
 
 
+def _gui_sources() -> list[Path]:
+    """The files that use the .ui: MVGSlicer.py and its Qt-side package."""
+    return [MODULE / "MVGSlicer.py", *sorted((MODULE / "MVGSlicerWidgets").glob("*.py"))]
+
+
 def test_every_widget_the_code_uses_exists_in_the_ui():
-    source = (MODULE / "MVGSlicer.py").read_text()
-    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    used = {name for path in _gui_sources() for name in re.findall(r"\bui\.(\w+)", path.read_text())}
+    assert {"runButton", "segmentEditorWidget"} <= used
     used |= {f"add{view}Button" for view in ("Red", "Green", "Yellow")}  # reached through getattr
     missing = used - set(_ui_widgets())
-    assert not missing, f"widgets used in MVGSlicer.py but absent from the .ui: {sorted(missing)}"
+    assert not missing, f"widgets used in the code but absent from the .ui: {sorted(missing)}"
 
 
 def _cmake_listed(cmake: str) -> set[str]:
@@ -81,7 +86,7 @@ def _cmake_listed(cmake: str) -> set[str]:
 
 def test_module_cmake_lists_every_script_and_resource():
     listed = _cmake_listed((MODULE / "CMakeLists.txt").read_text())
-    scripts = {"MVGSlicer.py", *(f"MVGSlicerLib/{p.name}" for p in (MODULE / "MVGSlicerLib").glob("*.py"))}
+    scripts = {"MVGSlicer.py", *(str(p.relative_to(MODULE)) for p in MODULE.glob("MVGSlicer*/*.py"))}
     resources = {
         str(p.relative_to(MODULE))
         for folder in ("Icons", "UI")
@@ -92,6 +97,14 @@ def test_module_cmake_lists_every_script_and_resource():
     assert "WITH_GENERIC_TESTS" in (MODULE / "CMakeLists.txt").read_text()
     testing = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
     assert all(p.name in testing for p in (MODULE / "Testing" / "Python").glob("*.py"))
+
+
+def test_the_module_folder_holds_no_python_file_but_the_module():
+    """Slicer loads every .py directly in a scripted module folder as a module of that name (and
+    reports an error when the file has no such class), so helpers live in packages next to it."""
+    assert [p.name for p in MODULE.glob("*.py")] == ["MVGSlicer.py"]
+    packages = [folder for folder in MODULE.glob("MVGSlicer*") if folder.is_dir()]
+    assert len(packages) >= 2 and all((folder / "__init__.py").is_file() for folder in packages)
 
 
 def test_extension_metadata_is_consistent():
@@ -181,7 +194,7 @@ def test_the_build_time_copy_script_puts_mvgcore_and_resources_next_to_the_modul
     subprocess.run(
         ["cmake", f"-DSOURCE_ROOT={ROOT}", f"-DDESTINATION={destination}", "-P", str(script)], check=True
     )
-    assert (destination / "MVGCore" / "predict.py").is_file() and not list(destination.rglob("__pycache__"))
+    assert (destination / "MVGCore" / "predict" / "__init__.py").is_file() and not list(destination.rglob("__pycache__"))
     for name in ("Models.json", "mvg_tiny_default.safetensors", "mvg_tiny_default.json"):
         assert (destination / "Resources" / "Models" / name).is_file(), name
     assert {p.name for p in (destination / "Resources" / "SampleData").iterdir()} >= {

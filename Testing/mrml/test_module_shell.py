@@ -76,7 +76,8 @@ def mvgslicer(mrml, monkeypatch, tmp_path_factory):
     (bin_folder / "PythonSlicer").symlink_to(sys.executable)  # what Slicer puts on PATH
     monkeypatch.setenv("PATH", os.pathsep.join([str(bin_folder), os.environ.get("PATH", "")]))
     monkeypatch.syspath_prepend(str(MODULE_FILE.parent))
-    monkeypatch.delitem(sys.modules, "MVGSlicer", raising=False)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("MVGSlicer", "MVGSlicerWidgets")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh against this test's stand-ins
     return importlib.import_module("MVGSlicer")
 
 
