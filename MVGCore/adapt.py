@@ -30,7 +30,7 @@ from .checks import is_whole
 from .data.samplers import AugmentConfig, PropagationConfig, apply_flips, move_half, shared_augment
 from .loss import mvg_loss
 from .model import MVGModel
-from .training_batch import collate_canvases
+from .train.batch import collate_canvases
 
 DEFAULT_LR = 3e-4
 DEFAULT_BATCH = 4

@@ -66,7 +66,7 @@ from MVGCore.data.store import ARRAYS, MANIFEST  # noqa: E402
 from MVGCore.metrics import dice_per_class  # noqa: E402
 from MVGCore.model import MVGModel  # noqa: E402
 from MVGCore.slicewise import take_slice  # noqa: E402
-from MVGCore.training_config import TrainConfig, load_config  # noqa: E402
+from MVGCore.train.config import TrainConfig, load_config  # noqa: E402
 from MVGCore.types import Prompt  # noqa: E402
 
 if TYPE_CHECKING:  # the device machine cannot import it: MVGCore.data.sources reads files with SimpleITK

@@ -27,7 +27,7 @@ from MVGCore.loss import mvg_loss
 from MVGCore.masking import MaskSampler
 from MVGCore.model import MVGModel, count_parameters
 from MVGCore.optim import build_optimizer
-from MVGCore.training_batch import collate_canvases
+from MVGCore.train.batch import collate_canvases
 
 TASKS = ("segment", "denoise", "inpaint", "synthesize")
 

@@ -389,7 +389,7 @@ def test_hole_only_for_inpaint_and_never_empty(tmp_path, checkpoint, case):
 
 def test_resume_with_steps_not_above_the_reached_step_is_refused(tmp_path):
     from MVGCore.train import train
-    from MVGCore.training_config import load_config, save_config
+    from MVGCore.train.config import load_config, save_config
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -405,7 +405,7 @@ def test_resume_with_steps_not_above_the_reached_step_is_refused(tmp_path):
 
 def test_lr_scales_or_train_modules_for_a_module_the_model_lacks_is_refused_before_reading_data(tmp_path):
     from MVGCore.train import train
-    from MVGCore.training_config import load_config
+    from MVGCore.train.config import load_config
 
     overrides = {"data": [str(tmp_path / "nowhere")], "lr_scales": {"decoder_gates": 30.0}}
     with pytest.raises(ValueError, match=r"lr_scales names \['decoder_gates'\].*switched off"):
@@ -419,7 +419,7 @@ def test_lr_scales_or_train_modules_for_a_module_the_model_lacks_is_refused_befo
 
 def test_a_failed_start_does_not_block_its_retry(tmp_path):
     from MVGCore.train import train
-    from MVGCore.training_config import load_config
+    from MVGCore.train.config import load_config
 
     run = tmp_path / "run"
     for steps in (3, 4):  # the second attempt has another config; it must not meet the first's
@@ -454,7 +454,7 @@ def test_ctrl_c_while_train_prepares_data_stops_at_once(tmp_path):
 
 
 def test_a_damaged_metrics_line_is_named_on_resume(tmp_path):
-    from MVGCore.train import _Metrics
+    from MVGCore.train.run_folder import MetricsLog as _Metrics
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 1}\nnot json\n{"step": 2}\n')

@@ -13,7 +13,7 @@ from MVGCore.data.store import SliceStore, StoreWriter
 from MVGCore.metrics import dice_per_class
 from MVGCore.model import MVGModel
 from MVGCore.predict import Predictor
-from MVGCore.training_batch import collate_canvases
+from MVGCore.train.batch import collate_canvases
 from MVGCore.types import Prompt
 from MVGCore.zoom import Region, prompt_box, region_around, union_box
 

@@ -25,7 +25,7 @@ from MVGCore.data.store import SliceStore
 from MVGCore.io import write_volume
 from MVGCore.prepare import prepare
 from MVGCore.train import case_key, split_cases, store_view, train, weights_digest
-from MVGCore.training_config import TrainConfig
+from MVGCore.train.config import TrainConfig
 from MVGCore.types import Geometry, Volume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,14 +114,14 @@ def test_a_checkpoint_of_another_tile_size_initialises_by_resampling_its_rel_pos
     from MVGCore.config import config_for
     from MVGCore.model import MVGModel
     from MVGCore.resample_weights import resize_rel_pos_tables
-    from MVGCore.train import _initialise
+    from MVGCore.train.weights import initialise
 
     small = MVGModel(config_for("tiny", **MODEL))
     with torch.no_grad():
         small.blocks[0].attn.rel_pos_h.fill_(0.25)
     path = save_model(tmp_path / "small.safetensors", small)
     large = MVGModel(config_for("tiny", **{**MODEL, "tile_size": 48}))
-    _initialise(
+    initialise(
         large, small_config(data=["unused"], init=str(path), model_overrides={**MODEL, "tile_size": 48})
     )
     assert small.blocks[0].attn.rel_pos_h.shape[0] == 15 and large.blocks[0].attn.rel_pos_h.shape[0] == 23
@@ -182,7 +182,7 @@ def test_hard_kill_then_resume_continues_the_loss_sequence_exactly(store, tmp_pa
     driver = (
         "import os, signal, sys\n"
         "from MVGCore.train import train\n"
-        "from MVGCore.training_config import TrainConfig\n"
+        "from MVGCore.train.config import TrainConfig\n"
         f"config = TrainConfig(**{config.to_dict()!r})\n"
         f"def kill(record):\n    if record['step'] == {n + 2}:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from MVGCore.canvas import IMAGENET_MEAN, IMAGENET_STD
 from MVGCore.loss import BACKGROUND_WEIGHT
 from MVGCore.masking import MaskSampler, ar_mask
-from MVGCore.training_batch import (
+from MVGCore.train.batch import (
     CanvasCollator,
     SampleStream,
     StepBatchSampler,

@@ -8,7 +8,7 @@ import pytest
 
 from MVGCore import cli
 from MVGCore.train import main
-from MVGCore.training_config import TrainConfig, load_config, parse_override, save_config
+from MVGCore.train.config import TrainConfig, load_config, parse_override, save_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "MVGCore" / "configs"

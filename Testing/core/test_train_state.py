@@ -13,7 +13,7 @@ from MVGCore.checkpoint import load_model
 from MVGCore.config import config_for
 from MVGCore.model import MVGModel
 from MVGCore.optim import build_optimizer
-from MVGCore.train_state import last_checkpoint, load_checkpoint, save_checkpoint
+from MVGCore.train.state import last_checkpoint, load_checkpoint, save_checkpoint
 
 CONFIG = config_for(
     "tiny",
