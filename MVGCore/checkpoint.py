@@ -125,7 +125,7 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> tuple[MVGModel, 
     if "config" not in meta:
         raise ValueError(f"{sidecar_path(path)} has no 'config'; it is not an MVGCore model checkpoint")
     try:
-        model = MVGModel(MVGConfig.from_dict(meta["config"]))
+        model = MVGModel(MVGConfig.from_dict(meta["config"], sidecar_path(path).name))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{sidecar_path(path)}: invalid model config: {error}") from error
     try:

@@ -6,7 +6,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .retired import drop_retired
 from .types import TASKS
+
+RETIRED: dict[str, Any] = {"carry_prompt": False}
+"""Fields that were retired, with the value that is now the only behaviour. ``carry_prompt`` (the
+prompt tile's pixels added to the decoder's) did not pay in the stage-4 ablation and no shipped
+weights use it (research/README.md)."""
 
 
 @dataclass(frozen=True)
@@ -46,10 +52,6 @@ class MVGConfig:
     gates are per pixel and per channel, read from the decoder's features, and start at zero; without
     them both reach the output only through 16 px tokens and a normalised convolution, which cannot
     return an input exactly. Off in the presets, as in the reference."""
-    carry_prompt: bool = False
-    """Add to the decoder's pixel features, at each query pixel, the prompt tile's image and target
-    pixels at the same place (a 3x3 convolution), so that the decoder (and ``copy_gates``) can tell
-    pixel by pixel where the query still looks like the prompt. Off in the presets."""
     refine_layers: int = 0
     """Hidden 3x3 convolutions of a residual pixel refiner after the output (0 = none). It reads the
     decoder's pixel features, the output and the image canvas, and adds a correction, so local work
@@ -123,7 +125,10 @@ class MVGConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MVGConfig:
+    def from_dict(cls, data: dict[str, Any], source: str = "model config") -> MVGConfig:
+        """The config a checkpoint's sidecar (or a saved run) holds. ``source`` names it in the
+        note or error of a retired field (:data:`RETIRED`), which older sidecars still name."""
+        data = drop_retired(data, RETIRED, source)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -22,7 +22,7 @@ from MVGCore.config import MVGConfig
 from MVGCore.types import TASKS
 
 LAYER_NORM_EPS = 1e-6
-OPTIONAL_MODULES = ("decoder_skip", "decoder_gates", "decoder_carry", "decoder_refine")
+OPTIONAL_MODULES = ("decoder_skip", "decoder_gates", "decoder_refine")
 """Modules a config option adds (None when off); they start as a no-op (their last layer is zero),
 so weights of a model without them initialise the rest (``--init``)."""
 ATTENTION_MODES = ("bias", "folded")
@@ -188,11 +188,6 @@ class MVGModel(nn.Module):
             if config.pixel_skip
             else None
         )
-        self.decoder_carry = (
-            nn.Conv2d(2 * config.in_chans, config.decoder_dim, kernel_size=3, padding=1)
-            if config.carry_prompt
-            else None
-        )
         # One gate per output channel for the query image and one for the carried prompt target.
         self.decoder_gates = (
             nn.Conv2d(config.decoder_dim, 2 * config.in_chans, kernel_size=1) if config.copy_gates else None
@@ -294,8 +289,7 @@ class MVGModel(nn.Module):
             if index in self.config.feature_blocks:
                 features.append(self.norm(z))
         features = torch.cat(features, dim=-1)
-        needs_carried = self.decoder_gates is not None or self.decoder_carry is not None
-        carried = self.carried_prompt(images, targets) if needs_carried else None
+        carried = self.carried_prompt(targets) if self.decoder_gates is not None else None
         if not query_only:
             return self.decode(features, images, carried, refine)
         # One token row of the prompt half above the query gives the 3x3 conv its context, so the
@@ -323,11 +317,12 @@ class MVGModel(nn.Module):
         return torch.tensor([task in refined for task in tasks])
 
     @staticmethod
-    def carried_prompt(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(B, 6, H, W): the prompt tile's image and target moved down onto the query tile, zeros on
-        the prompt tile. Only the prompt half is read, so nothing of the query's target leaks."""
-        half = images.shape[-2] // 2
-        prompt = torch.cat([images[..., :half, :], targets[..., :half, :]], dim=1)
+    def carried_prompt(targets: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W): the prompt tile's target moved down onto the query tile, zeros on the
+        prompt tile, for ``copy_gates`` to copy. Only the prompt half is read, so nothing of the
+        query's target leaks."""
+        half = targets.shape[-2] // 2
+        prompt = targets[..., :half, :]
         return torch.cat([torch.zeros_like(prompt), prompt], dim=-2)
 
     def decode(
@@ -341,8 +336,8 @@ class MVGModel(nn.Module):
         laid out channels-last, the layout the convolutions and LayerNorm2d run fastest in.
         ``images`` (B, 3, rows*p, cols*p) are the image canvas' pixels on the same grid, which
         ``pixel_skip`` models add to the pixel features and ``copy_gates`` models copy through their
-        gates; ``carried`` is :meth:`carried_prompt` on that grid, whose target ``copy_gates`` copy
-        and which ``carry_prompt`` models add to the pixel features. ``refine_layers`` models then
+        gates; ``carried`` is :meth:`carried_prompt` on that grid, which ``copy_gates`` models copy
+        too. ``refine_layers`` models then
         add their :class:`Refiner`'s correction, read from the pixel features, output and images, to
         the canvases ``refine`` (B,) marks (None: all)."""
         batch, rows, cols, _ = features.shape
@@ -356,20 +351,13 @@ class MVGModel(nn.Module):
             x = x + self.decoder_skip(images.to(x.dtype))
         if self.decoder_refine is not None and images is None:
             raise ValueError("a refine_layers model decodes with the image canvas' pixels; pass images")
-        if self.decoder_gates is not None or self.decoder_carry is not None:
-            if images is None or carried is None:
-                raise ValueError(
-                    "copy_gates and carry_prompt models decode with images and carried; pass both"
-                )
-            carried = carried.to(x.dtype)
-        if self.decoder_carry is not None:
-            x = x + self.decoder_carry(carried)
+        if self.decoder_gates is not None and (images is None or carried is None):
+            raise ValueError("a copy_gates model decodes with images and carried; pass both")
         hidden = self.decoder_pred[:-1](x)
         out = self.decoder_pred[-1](hidden)
         if self.decoder_gates is not None:
             image_gate, prompt_gate = self.decoder_gates(hidden).chunk(2, dim=1)
-            prompt_target = carried[:, images.shape[1] :]
-            out = out + image_gate * images.to(x.dtype) + prompt_gate * prompt_target
+            out = out + image_gate * images.to(x.dtype) + prompt_gate * carried.to(x.dtype)
         if self.decoder_refine is None or (refine is not None and not bool(refine.any())):
             return out
         correction = self.decoder_refine(torch.cat([hidden, out, images.to(x.dtype)], dim=1))

@@ -1,4 +1,7 @@
 import json
+import logging
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,3 +61,23 @@ def test_missing_files_and_pickles_are_refused_with_clear_errors(tmp_path):
 def test_no_temporary_files_are_left_behind(tmp_path):
     save_model(tmp_path / "m.safetensors", _tiny())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+
+
+def test_a_sidecar_naming_the_retired_carry_prompt_loads_when_off_and_is_refused_when_on(tmp_path, caplog):
+    """The bundled sidecar still names ``carry_prompt: false`` (the weights are never rewritten)."""
+    bundled = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "mvg_tiny_default.safetensors"
+    assert json.loads(sidecar_path(bundled).read_text())["config"]["carry_prompt"] is False
+    with caplog.at_level(logging.INFO, logger="MVGCore.retired"):
+        model, _ = load_model(bundled)
+    assert "mvg_tiny_default.json: dropped the retired setting carry_prompt=False" in caplog.text
+    assert not hasattr(model.config, "carry_prompt")
+    on = tmp_path / "on.safetensors"
+    shutil.copy(bundled, on)
+    meta = json.loads(sidecar_path(bundled).read_text())
+    meta["config"]["carry_prompt"] = True
+    sidecar_path(on).write_text(json.dumps(meta))
+    with pytest.raises(ValueError) as refused:
+        load_model(on)
+    message = str(refused.value)
+    assert "carry_prompt=True was retired (only carry_prompt=False remains)" in message
+    assert len(message.splitlines()) == 1

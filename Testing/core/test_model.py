@@ -133,3 +133,10 @@ def test_config_rejects_inconsistent_settings_and_unknown_keys():
         config_for("huge")
     config = config_for("small", tile_size=224)
     assert MVGConfig.from_dict(config.to_dict()) == config
+
+
+def test_the_retired_carry_prompt_is_dropped_when_off_and_refused_when_on():
+    config = config_for("tiny")
+    assert MVGConfig.from_dict({**config.to_dict(), "carry_prompt": False}) == config
+    with pytest.raises(ValueError, match=r"^x\.json: carry_prompt=True was retired"):
+        MVGConfig.from_dict({**config.to_dict(), "carry_prompt": True}, "x.json")
