@@ -4,10 +4,7 @@ Pixels count only where the mask hid their patch. Segmentation background pixels
 foreground 1 (so small organs are not drowned by background); image tasks weigh 1 everywhere,
 except, optionally, an inpainting query outside its hole: inference returns the input there, so
 those pixels teach only the copy, which pulls the hole towards its zero fill (the dark holes).
-Optionally, a segmentation query's pixels whose label differs from the prompt's at the same place
-weigh more: near prompt slices share most of their labels, so copying the prompt is a cheap
-optimum that a uniform weight rewards, while what a propagating model must learn lies in the
-changed pixels. A sample whose *visible* target carries no information (all background, or a constant image)
+A sample whose *visible* target carries no information (all background, or a constant image)
 gives the model nothing to learn in context, so it is dropped from the loss, as the reference does.
 """
 
@@ -43,17 +40,6 @@ def outside_hole_weights(
     if not 0.0 <= outside <= 1.0:
         raise ValueError(f"the weight outside the hole must lie in [0, 1], got {outside}")
     return _scale_queries(weights, holes, is_inpaint, inside=1.0, outside=outside)
-
-
-def changed_label_weights(
-    weights: torch.Tensor, changed: torch.Tensor, is_segmentation: torch.Tensor, factor: float
-) -> torch.Tensor:
-    """``weights`` (B, 1, 2S, S) of [prompt; query] canvases with the query half of each
-    segmentation sample multiplied by ``factor`` where its (B, S, S) ``changed`` mask is True
-    (the query's label differs there from the prompt's)."""
-    if not factor >= 1.0:
-        raise ValueError(f"the weight of changed labels must be at least 1, got {factor}")
-    return _scale_queries(weights, changed, is_segmentation, inside=factor, outside=1.0)
 
 
 def _scale_queries(

@@ -18,7 +18,7 @@ import torch
 
 from MVGCore.canvas import build_canvases
 from MVGCore.coloring import color_table
-from MVGCore.loss import changed_label_weights, outside_hole_weights, pixel_weights
+from MVGCore.loss import outside_hole_weights, pixel_weights
 from MVGCore.masking import MaskSampler, ar_mask
 
 
@@ -60,16 +60,13 @@ def collate_canvases(
     grid: tuple[int, int],
     mask_sampler: MaskSampler | None = None,
     outside_hole_weight: float = 1.0,
-    changed_label_weight: float = 1.0,
 ) -> TrainBatch:
     """Build a batch from sampler dicts; ``rngs[b]`` draws sample b's colors and mask.
 
     ``grid`` is the model's token grid (``MVGConfig.grid``). ``mask_sampler=None`` hides the whole
     query half of every sample (the inference situation, used for validation) instead of drawing
     AR/MIM masks. ``outside_hole_weight`` weighs an inpainting query's pixels outside its hole
-    (:func:`MVGCore.loss.outside_hole_weights`; 1 is the reference's uniform weight), and
-    ``changed_label_weight`` a segmentation query's pixels whose label differs from the prompt's
-    (:func:`MVGCore.loss.changed_label_weights`; 1 is uniform).
+    (:func:`MVGCore.loss.outside_hole_weights`; 1 is the reference's uniform weight).
     """
     if not samples:
         raise ValueError("cannot build a batch from no samples")
@@ -77,7 +74,7 @@ def collate_canvases(
         raise ValueError(f"need one generator per sample: {len(samples)} samples, {len(rngs)} generators")
     if mask_sampler is not None and tuple(mask_sampler.grid) != tuple(grid):
         raise ValueError(f"mask sampler grid {mask_sampler.grid} differs from the model grid {grid}")
-    parts, masks, tables, classes, changed = [], [], [], [], []
+    parts, masks, tables, classes = [], [], [], []
     for sample, rng in zip(samples, rngs):
         segmentation = sample["task"] == "segment"
         table, present = None, []
@@ -90,10 +87,8 @@ def collate_canvases(
             query_target = np.where(np.isin(query_target, present), query_target, 0)
             table = color_table(present, "random", rng)
             targets = (prompt_target[None], query_target[None])
-            changed.append(torch.from_numpy(query_target != prompt_target))
         else:
             targets = (np.asarray(sample["prompt_target"])[None], np.asarray(sample["query_target"])[None])
-            changed.append(torch.zeros(np.shape(sample["query_target"]), dtype=torch.bool))
         canvases = build_canvases(
             np.asarray(sample["prompt_image"])[None],
             targets[0],
@@ -114,8 +109,6 @@ def collate_canvases(
     weights = pixel_weights(foreground, is_seg)
     if outside_hole_weight != 1.0:
         weights = outside_hole_weights(weights, holes, is_inpaint, outside_hole_weight)
-    if changed_label_weight != 1.0:
-        weights = changed_label_weights(weights, torch.stack(changed), is_seg, changed_label_weight)
     return TrainBatch(
         images=torch.cat([c.images for c in parts]),
         targets=torch.cat([c.targets for c in parts]),
@@ -184,10 +177,7 @@ class CanvasCollator:
     stream: int
     mask_sampler: MaskSampler | None = None
     outside_hole_weight: float = 1.0
-    changed_label_weight: float = 1.0
 
     def __call__(self, samples: list[dict[str, Any]]) -> TrainBatch:
         rngs = [np.random.default_rng([self.seed, self.stream, s["position"], 1]) for s in samples]
-        return collate_canvases(
-            samples, rngs, self.grid, self.mask_sampler, self.outside_hole_weight, self.changed_label_weight
-        )
+        return collate_canvases(samples, rngs, self.grid, self.mask_sampler, self.outside_hole_weight)

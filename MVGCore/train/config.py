@@ -15,9 +15,13 @@ from typing import Any
 import yaml
 
 from MVGCore.config import PRESETS, MVGConfig, config_for
+from MVGCore.retired import drop_retired
 from MVGCore.types import TASKS
 
 AMP_MODES = ("auto", "bf16", "fp32")
+RETIRED = {"segment_change_weight": 1.0}
+"""Keys a config may still name, with the value that is now the only behaviour (:mod:`MVGCore.retired`):
+run folders keep the config they started with, and ``--resume`` reads it back."""
 
 
 @dataclass
@@ -53,9 +57,6 @@ class TrainConfig:
     inpaint_outside_weight: float = 1.0
     """Loss weight of an inpainting query's pixels outside its hole (1: the reference's uniform
     weight). Inference returns the input there, so only the hole's answer is used."""
-    segment_change_weight: float = 1.0
-    """Loss weight factor (>= 1) of a segmentation query's pixels whose label differs from the
-    prompt's at the same place (1: uniform). Copying a near prompt is otherwise a cheap optimum."""
     val_fraction: float = 0.2
     val_samples: int = 8
     val_every: int = 100
@@ -149,8 +150,6 @@ class TrainConfig:
             problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not 0.0 <= self.inpaint_outside_weight <= 1.0:
             problems.append(f"inpaint_outside_weight must lie in [0, 1], got {self.inpaint_outside_weight}")
-        if not self.segment_change_weight >= 1.0:
-            problems.append(f"segment_change_weight must be at least 1, got {self.segment_change_weight}")
         if self.weight_decay < 0 or self.clip_grad < 0:
             problems.append("weight_decay and clip_grad must not be negative (clip_grad 0 = off)")
         if self.amp not in AMP_MODES:
@@ -197,6 +196,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a mapping of training settings, got {type(data).__name__}")
+        data = drop_retired(data, RETIRED, source)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

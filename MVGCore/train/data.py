@@ -156,12 +156,7 @@ def train_loader(sampler: InContextDataset, config: TrainConfig, start: int, env
     model_config = config.model_config()
     masks = MaskSampler(model_config.grid, ar_probability={**DEFAULT_AR_PROBABILITY, **config.mask_ar})
     collator = CanvasCollator(
-        model_config.grid,
-        config.seed,
-        TRAIN_STREAM,
-        masks,
-        config.inpaint_outside_weight,
-        config.segment_change_weight,
+        model_config.grid, config.seed, TRAIN_STREAM, masks, config.inpaint_outside_weight
     )
     return DataLoader(
         SampleStream(sampler, config.seed, TRAIN_STREAM),

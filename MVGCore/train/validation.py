@@ -54,9 +54,7 @@ def validation_batches(
             continue
         stream = SampleStream(sampler, config.seed, VAL_STREAM)
         samples = [stream[i] for i in range(config.val_samples)]
-        collate = CanvasCollator(
-            grid, config.seed, VAL_STREAM, None, config.inpaint_outside_weight, config.segment_change_weight
-        )
+        collate = CanvasCollator(grid, config.seed, VAL_STREAM, None, config.inpaint_outside_weight)
         batches[task] = [
             collate(samples[i : i + config.batch_size]) for i in range(0, len(samples), config.batch_size)
         ]

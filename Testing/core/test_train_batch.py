@@ -75,21 +75,6 @@ def test_inpainting_query_outside_its_hole_weighs_as_asked(samples):
     assert torch.all(uniform[2] == 1.0)
 
 
-def test_segmentation_query_pixels_whose_label_changed_weigh_as_asked(samples):
-    rngs = [np.random.default_rng(i) for i in range(4)]
-    plain = collate_canvases(samples, rngs, GRID, MaskSampler(GRID)).weights[:, 0]
-    weights = collate_canvases(samples, rngs, GRID, MaskSampler(GRID), changed_label_weight=4.0).weights[:, 0]
-    prompt, query = samples[0]["prompt_target"], samples[0]["query_target"]
-    changed = torch.from_numpy(query != prompt)  # class 1 is not in the query, 7 moved
-    assert changed.any() and (~changed).any()
-    assert torch.equal(weights[0, SIZE:][changed], 4.0 * plain[0, SIZE:][changed])
-    assert torch.equal(weights[0, SIZE:][~changed], plain[0, SIZE:][~changed])
-    assert torch.equal(weights[0, :SIZE], plain[0, :SIZE])  # the prompt half is not a guess
-    assert torch.equal(weights[1:], plain[1:])  # image tasks keep their weights
-    with pytest.raises(ValueError, match="weight of changed labels must be at least 1"):
-        collate_canvases(samples, rngs, GRID, MaskSampler(GRID), changed_label_weight=0.5)
-
-
 def test_label_colors_are_shared_by_prompt_and_query_and_background_is_black(samples):
     batch = collate_canvases(samples[:1], [np.random.default_rng(0)], GRID)
     colors = batch.targets01[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from MVGCore import cli
 from MVGCore.train import main
 from MVGCore.train.config import TrainConfig, load_config, parse_override, save_config
+from MVGCore.train.state import LAST
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "MVGCore" / "configs"
@@ -43,7 +45,6 @@ def test_unknown_keys_are_named(tmp_path):
         ({"amp": "fp16"}, "amp must be one of"),
         ({"layer_decay": 0}, "layer_decay"),
         ({"inpaint_outside_weight": 2.0}, "inpaint_outside_weight must lie in"),
-        ({"segment_change_weight": 0.5}, "segment_change_weight must be at least 1"),
         ({"model_overrides": {"tile_size": 30}}, "multiple of patch_size"),
         ({"val_volume_options": {"ct_window": "lungs"}}, "val_volume_options: option ct_window: unknown CT"),
         ({"val_volume_options": {"k_prompt": 2}}, "val_volume_options: .*unexpected keyword.*k_prompt"),
@@ -107,6 +108,38 @@ def test_shipped_configs_load(name):
 def test_recipe_and_research_configs_load(path):
     config = load_config(path, {"data": ["x"]})  # they name their store on the command line
     assert config.model_config().tile_size % config.model_config().patch_size == 0
+
+
+def test_a_config_naming_the_retired_segment_change_weight_loads_only_with_its_surviving_value(
+    tmp_path, caplog
+):
+    path = tmp_path / "c.yaml"
+    path.write_text("phantoms: 2\nsegment_change_weight: 1.0\n")
+    with caplog.at_level(logging.INFO, logger="MVGCore.retired"):
+        assert load_config(path) == TrainConfig(phantoms=2)
+    assert "c.yaml: dropped the retired setting segment_change_weight=1.0" in caplog.text
+    path.write_text("phantoms: 2\nsegment_change_weight: 5\n")
+    with pytest.raises(ValueError, match=r"c\.yaml: segment_change_weight=5 was retired"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("weight", [1.0, 5.0])
+def test_resuming_a_run_whose_config_names_segment_change_weight(tmp_path, capsys, weight):
+    """A run folder keeps the config it started with: with the surviving value it resumes as the
+    same run (here it gets as far as the check of its step count), with another it is refused."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_config(load_config(None, {"data": [str(tmp_path / "data")], "steps": 3}), run / "config.yaml")
+    with open(run / "config.yaml", "a", encoding="utf-8") as saved:
+        saved.write(f"segment_change_weight: {weight}\n")
+    (run / "checkpoints" / LAST).write_text('{"step": 5, "model": "step_000005.safetensors"}')
+    assert cli.run(main, "python -m MVGCore.train", ["--out", str(run), "--resume"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error
+    if weight == 1.0:
+        assert "reached step 5 and --steps is 3" in error
+    else:
+        assert "config.yaml: segment_change_weight=5.0 was retired" in error
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
