@@ -1,4 +1,4 @@
-"""MVGSlicer.py's Logic facade and its in-Slicer self-test, run against slicer-core.
+"""MVGSlicer.py's Logic facade and its in-Slicer self-test (MVGSlicerWidgets), run against slicer-core.
 
 slicer-core has MRML but not Slicer's GUI framework, so the few GUI-side names the module imports
 (qt, ScriptedLoadableModule bases, parameterNodeWrapper, i18n) are replaced by minimal stand-ins;
