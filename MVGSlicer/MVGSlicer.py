@@ -33,8 +33,9 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_SOURCE_ROOT, "MVGCore")) and _SOURCE_ROOT not in sys.path:
     sys.path.append(_SOURCE_ROOT)  # running from a source checkout: MVGCore sits next to the module folder
 
-from MVGSlicerLib import batch, install, models, mrml_io, pipeline, runner, sample_data  # noqa: E402
-from MVGSlicerLib.engine import DEVICES, EngineCache  # noqa: E402
+from MVGSlicerLib import install, models, mrml_io, pipeline, runner, sample_data  # noqa: E402
+from MVGSlicerLib.console import ConsoleLogic  # noqa: E402
+from MVGSlicerLib.engine import DEVICES  # noqa: E402
 from MVGSlicerWidgets.run_panel import RunPanel  # noqa: E402
 from MVGSlicerWidgets.selftest import SelfTests  # noqa: E402
 
@@ -257,7 +258,7 @@ class MVGSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
 
-class MVGSlicerLogic(ScriptedLoadableModuleLogic):
+class MVGSlicerLogic(ConsoleLogic, ScriptedLoadableModuleLogic):
     """Everything the module does, callable from the Python console; results are always new nodes.
 
     Console example::
@@ -268,10 +269,11 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         den = logic.denoise(getNode("CT"))
         logic.processFile("Segment", "ct.nrrd", "ct_mvg.seg.nrrd", promptsPath="prompts.seg.nrrd")
 
-    The console calls compute in Slicer's own interpreter. ``engine`` replaces the MVG model there
-    (e.g. ``SimpleEngine()`` for tests); by default the model is resolved from ``model`` (registry
-    name or .safetensors path, empty = bundled) and cached. The module's Run button instead uses
-    :meth:`startRun`: the model in a separate process, which a script can drive the same way::
+    The console calls (ConsoleLogic, Qt-free in MVGSlicerLib.console) compute in Slicer's own
+    interpreter. ``engine`` replaces the MVG model there (e.g. ``SimpleEngine()`` for tests); by
+    default the model is resolved from ``model`` (registry name or .safetensors path, empty =
+    bundled) and cached. The module's Run button instead uses :meth:`startRun`: the model in a
+    separate process, which a script can drive the same way::
 
         job = logic.createJob(logic.getParameterNode())
         run = logic.startRun(job)
@@ -283,9 +285,7 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self, engine=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.engineOverride = engine
-        self.engines = EngineCache()
-        self.registry = models.load_registry()
+        ConsoleLogic.__init__(self, engine)
         self.pythonExecutable = (
             None  # None: Slicer's PythonSlicer, found on PATH like slicer.util.pip_install
         )
@@ -309,19 +309,12 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         installTorch = _installTorchWithPyTorchUtils if hasattr(slicer.modules, "pytorchutils") else None
         install.install_missing(missing, slicer.util.pip_install, installTorch, log=logging.info)
 
-    def engine(self, model: str = "", device: str = "auto"):
-        """The engine to run with; loading can take a while and is done once per model and device."""
-        if self.engineOverride is not None:
-            return self.engineOverride
-        self._requireDependencies()
-        return self.engines.get(models.resolve_model(model, self.registry), device)
-
     def startRun(self, job: pipeline.Job, model: str = "", device: str = "auto") -> runner.ModelRun:
         """Start the model on ``job`` in a separate process and return at once; poll() the run.
 
         The process has Slicer's own Python (PythonSlicer), so it sees the packages installed here.
         """
-        self._requireDependencies()
+        self.requireDependencies()
         python = self.pythonExecutable or shutil.which("PythonSlicer")
         if not python:
             raise RuntimeError(
@@ -330,15 +323,6 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
         checkpoint = models.resolve_model(model, self.registry)
         geometry = mrml_io.geometry_from_volume(job.volume_node)
         return runner.ModelRun.start(job, geometry, checkpoint, python=python, device=device)
-
-    def _requireDependencies(self) -> None:
-        missing = install.missing_requirements()
-        if missing:
-            raise RuntimeError(
-                "missing Python packages: "
-                + ", ".join(r.spec for r in missing)
-                + ". Open the MVG Slicer module and press Run once to install them."
-            )
 
     def importWeights(self, path: str):
         return models.import_weights(path, self.registry)
@@ -366,72 +350,6 @@ class MVGSlicerLogic(ScriptedLoadableModuleLogic):
 
     def writeResult(self, job: pipeline.Job, result: np.ndarray):
         return pipeline.write_result(slicer.mrmlScene, job, result)
-
-    def processor(self, model: str = "", device: str = "auto") -> batch.SceneProcessor:
-        return batch.SceneProcessor(slicer.mrmlScene, self.engine(model, device))
-
-    def segment(
-        self,
-        volumeNode,
-        segmentationNode,
-        promptIndices=None,
-        axis=0,
-        segmentIDs=None,
-        model="",
-        device="auto",
-        adapt=False,
-    ):
-        """New segmentation from labels painted on prompt slices (default: every painted slice).
-
-        ``adapt=True`` first tunes a copy of the model on the prompt slices ("Adapt to this scan",
-        pipeline.ADAPT_STEPS steps); the model file and the cached model are not changed.
-        """
-        return self.processor(model, device).segment(
-            volumeNode,
-            segmentationNode,
-            promptIndices,
-            axis,
-            segmentIDs,
-            adapt_steps=pipeline.ADAPT_STEPS if adapt else 0,
-        )
-
-    def denoise(self, volumeNode, axis=0, model="", device="auto"):
-        return self.processor(model, device).denoise(volumeNode, axis)
-
-    def inpaint(self, volumeNode, segmentationNode, holeSegmentID, axis=0, model="", device="auto"):
-        return self.processor(model, device).inpaint(volumeNode, segmentationNode, holeSegmentID, axis)
-
-    def synthesize(self, sourceNode, targetNode, promptIndices, axis=0, model="", device="auto"):
-        return self.processor(model, device).synthesize(sourceNode, targetNode, promptIndices, axis)
-
-    def processFile(
-        self,
-        task,
-        inputPath,
-        outputPath,
-        promptsPath=None,
-        targetPath=None,
-        promptIndices=None,
-        axis=0,
-        holeSegmentID=None,
-        model="",
-        device="auto",
-    ):
-        """Run ``task`` on a file and write a new output file; see MVGSlicerLib.batch.process_file."""
-        return batch.process_file(
-            slicer.mrmlScene,
-            slicer.modules.volumes.logic(),
-            slicer.modules.segmentations.logic(),
-            self.engine(model, device),
-            task,
-            inputPath,
-            outputPath,
-            promptsPath,
-            targetPath,
-            promptIndices,
-            axis,
-            holeSegmentID,
-        )
 
 
 def _installTorchWithPyTorchUtils(torchSpec: str, torchvisionSpec: str) -> None:
