@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from ..metrics import summarize
 from ..predict import ENSEMBLES
 from ..slicewise import take_slice
 from ..types import TASKS, CancelToken
+from .methods import BASELINES, PEERS, Method, build_methods, run_method
 from .scoring import METRICS, score
 from .trials import SINGLE_IMAGES, Settings, Trial, check_prompt_count, donors_of, make_trial
 
@@ -56,40 +57,7 @@ _DEFAULT_SETTINGS = Settings()
 """What an evaluation asks when given no settings (frozen, so one instance serves every call)."""
 
 
-@dataclass(frozen=True)
-class Method:
-    """A named predictor (``Predictor`` or ``ClassicalBaseline``) and the options it is called with.
-
-    ``model`` methods also get each case's voxel spacing and modality as options. A method
-    answers only its ``tasks``; one that ``needs_slices`` (its prompts must be slices of the
-    volume itself, e.g. copying or filling between them) does not answer single images.
-    """
-
-    name: str
-    runner: Any
-    options: dict[str, Any] = field(default_factory=dict)
-    model: bool = False
-    tasks: tuple[str, ...] = TASKS
-    needs_slices: bool = False
-
-    def answers(self, trial: Trial) -> bool:
-        return trial.task in self.tasks and not (self.needs_slices and trial.single)
-
-
 # ---------------------------------------------------------------- running and scoring
-
-
-def run_method(method: Method, trial: Trial, axis: int, cancel: CancelToken | None = None) -> np.ndarray:
-    """``method``'s answer to ``trial`` (labels, or an image in the input's / target's units)."""
-    options = dict(method.options)
-    if method.model:
-        options.update(spacing=trial.spacing_kji, modality=trial.modality)
-        if trial.target_modality is not None:
-            options["target_modality"] = trial.target_modality
-    run = getattr(method.runner, trial.task)
-    if trial.task == "inpaint":
-        return run(trial.volume, trial.hole, trial.prompts, axis, cancel=cancel, **options)
-    return run(trial.volume, trial.prompts, axis, cancel=cancel, **options)
 
 
 def evaluate(
@@ -257,84 +225,6 @@ def _display_range(trial: Trial) -> IntensityRange:
 
 
 # ---------------------------------------------------------------- CLI
-
-BASELINES = {
-    "classical": ({}, TASKS),
-    "classical-affine": ({"registration": "affine"}, TASKS),
-    "classical-bm3d": ({"use_bm3d": True}, TASKS),
-    "copy-nearest": ({"segmentation": "copy"}, ("segment",)),
-    "fill-between": ({"segmentation": "fill"}, ("segment",)),
-    "histogram-match": ({"synthesis_mapping": "match"}, ("synthesize",)),
-    "noisy-input": (None, ("denoise",)),
-}
-"""Baseline names for ``--baselines`` -> (``ClassicalBaseline`` settings, the tasks it answers);
-``None`` is :class:`InputAsItCame`."""
-PEERS = ("copy-nearest", "fill-between", "histogram-match", "noisy-input")
-"""Baselines a user tries first; they answer beside any model unless ``peers=False``."""
-NEEDS_SLICES = ("copy-nearest", "fill-between")
-"""Baselines whose prompts must be slices of the volume itself (they skip single images)."""
-
-
-class InputAsItCame:
-    """The noisy volume returned unchanged: the floor a denoiser has to clear (a denoiser that
-    scores below it made the image worse than the noise did)."""
-
-    def denoise(self, image: np.ndarray, prompts: Any = None, axis: int = 0, **_: Any) -> np.ndarray:
-        return np.array(image, dtype=np.float32, copy=True)
-
-
-def build_methods(
-    predictor: Any,
-    baselines: Sequence[str],
-    k_prompts: int = 1,
-    ensembles: Sequence[str] = ("average",),
-    variants: Sequence[dict[str, Any]] = ({},),
-    peers: bool = True,
-) -> list[Method]:
-    """The model once per ensemble mode and option variant, the baselines and, with ``peers``,
-    the ``PEERS`` not listed (a peer whose package is missing is left out with a warning; a
-    listed baseline raises).
-
-    The model is "mvg" when there is one of each, else "mvg-<mode>" and/or "mvg[key=value,...]"
-    (``variants`` are extra Predictor options, e.g. ``{"adapt_steps": 30}`` or ``{"zoom": "whole"}``,
-    to compare in one run). A variant that adapts answers only the tasks adaptation applies to.
-    """
-    from ..adapt import ADAPT_TASKS
-    from ..baselines import ClassicalBaseline
-
-    for ensemble in ensembles:
-        if ensemble not in ENSEMBLES:
-            raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
-    if len(ensembles) > 1 and k_prompts < 2:
-        raise ValueError("comparing ensembles needs k_prompts >= 2 (with one prompt they are identical)")
-    methods = []
-    if predictor is not None:
-        from ..predict import Options
-
-        for variant in variants:
-            Options.parse(variant)  # unknown or invalid options fail here, before any case runs
-        for ensemble in ensembles:
-            for variant in variants:
-                name = "mvg" if len(ensembles) == 1 else f"mvg-{ensemble}"
-                if len(variants) > 1 and variant:
-                    name += "[" + ",".join(f"{k}={v}" for k, v in sorted(variant.items())) + "]"
-                options = {"k_prompts": k_prompts, "ensemble": ensemble, **variant}
-                tasks = ADAPT_TASKS if variant.get("adapt_steps") else TASKS
-                methods.append(Method(name, predictor, options, model=True, tasks=tasks))
-    for name in baselines:
-        if name not in BASELINES:
-            raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
-    for name in [*baselines, *(p for p in PEERS if peers and p not in baselines)]:
-        settings, tasks = BASELINES[name]
-        try:
-            runner = InputAsItCame() if settings is None else ClassicalBaseline(**settings)
-        except ValueError as error:
-            if name in baselines:
-                raise
-            log.warning("peer %s left out: %s", name, error)
-            continue
-        methods.append(Method(name, runner, tasks=tasks, needs_slices=name in NEEDS_SLICES))
-    return methods
 
 
 def _options_json(text: str) -> dict[str, Any]:
