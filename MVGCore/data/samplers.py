@@ -26,6 +26,7 @@ from ..canvas import resize_plane
 from ..degrade import HOLE_MODELS, NOISE_MODELS, add_noise, apply_hole, make_hole, noise_level
 from ..intensity import IntensityRange, ct_window
 from ..registration import ALIGNMENTS, Registration, require_simpleitk
+from ..retired import drop_retired
 from ..types import TASKS
 from .store import SliceStore, StoredCase
 
@@ -41,6 +42,11 @@ costs ~0.15 s per tile on one CPU core."""
 
 
 PAIRINGS = ("propagation", "independent")
+
+RETIRED_PROPAGATION: dict[str, Any] = {"query_slices": "any"}
+"""Retired ``propagation`` keys, with the value that is now the only behaviour: ``query_slices:
+foreground`` (queries among labelled slices only) lost to "any" in the stage-4 ablation
+(research/README.md), and the recipe's configs named "any"."""
 
 
 @dataclass
@@ -61,9 +67,6 @@ class AugmentConfig:
     brightness: tuple[float, float] = (-0.05, 0.05)
 
 
-QUERY_SLICES = ("any", "foreground")
-
-
 @dataclass
 class PropagationConfig:
     """Slice distance and the small independent motion between prompt and query of a propagation pair."""
@@ -71,12 +74,10 @@ class PropagationConfig:
     near: tuple[int, int] = (1, 8)
     """Distance in source slices, drawn uniformly in this range ..."""
     far_prob: float = 0.15
-    """... except with this chance, when the query is any other slice of the case (of ``query_slices``)."""
-    query_slices: str = "any"
-    """Where the query may lie. "any": every stored slice, the prompt always a labelled one, as at
-    inference, where the user labels a few slices and every other slice is segmented, so the model
-    also learns where a structure ends (a lesion spans a few slices of the volume). "foreground":
-    only slices that show a label, prompt and query alike (a structure never ends)."""
+    """... except with this chance, when the query is any other slice of the case. The query may be
+    any stored slice, the prompt always a labelled one, as at inference, where the user labels a
+    few slices and every other slice is segmented, so the model also learns where a structure ends
+    (a lesion spans a few slices of the volume)."""
     shift: float = 3.0
     """Independent shift of the prompt half, in tile pixels (uniform in +-shift)."""
     rotate: float = 4.0
@@ -139,6 +140,7 @@ class SamplerConfig:
         _check_keys(augment, AugmentConfig, "sampler config 'augment'")
         augment = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}
         propagation = dict(config.pop("propagation", None) or {})
+        propagation = drop_retired(propagation, RETIRED_PROPAGATION, "sampler config 'propagation'")
         _check_keys(propagation, PropagationConfig, "sampler config 'propagation'")
         propagation = {k: tuple(v) if isinstance(v, list) else v for k, v in propagation.items()}
         config = {k: tuple(v) if k == "zoom_margin" else v for k, v in config.items()}
@@ -180,11 +182,6 @@ class SamplerConfig:
         if len(near) != 2 or not 1 <= near[0] <= near[1]:
             raise ValueError(
                 f"sampler config propagation.near must be (low, high) with 1 <= low <= high, got {near}"
-            )
-        if self.propagation.query_slices not in QUERY_SLICES:
-            raise ValueError(
-                f"sampler config propagation.query_slices must be one of {QUERY_SLICES}, "
-                f"got {self.propagation.query_slices!r}"
             )
         if not 0.0 <= self.zoom_margin[0] <= self.zoom_margin[1]:
             raise ValueError(
@@ -599,12 +596,11 @@ def _propagation_positions(
     rng: np.random.Generator, case: StoredCase, config: PropagationConfig
 ) -> tuple[int, int]:
     """(prompt, query) stored positions of one case: the prompt a labelled slice, the query the
-    slice nearest to a drawn number of source slices away from it (among ``query_slices``), or any
-    other such slice with ``far_prob``."""
+    slice nearest to a drawn number of source slices away from it, or any other slice with
+    ``far_prob``."""
     labelled = list(case.foreground_positions)
     prompt = labelled[rng.integers(len(labelled))]
-    pool = labelled if config.query_slices == "foreground" else range(len(case.slices))
-    others = [p for p in pool if p != prompt]
+    others = [p for p in range(len(case.slices)) if p != prompt]
     if not others:
         return prompt, prompt
     if rng.random() < config.far_prob:

@@ -1,6 +1,8 @@
 """Segmentation as users run it: propagation training pairs, zoom to the prompts, colors by class
 order, the query classes a prompt cannot show, and the decoder's pixel path."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -76,10 +78,9 @@ def test_propagation_motion_moves_only_the_prompt_half_and_labels_follow(shifted
             assert inside.size and np.allclose(inside, 0.8, atol=0.02)  # still on its bright square
 
 
-@pytest.mark.parametrize("query_slices", ["any", "foreground"])
-def test_propagation_queries_also_lie_where_the_structure_has_ended(tmp_path, query_slices):
-    """A lesion on slices 4-7 of 16: prompts are always labelled slices, as a user's are; with
-    "any" the query is also drawn past the lesion's end, where its target is empty."""
+def test_propagation_queries_also_lie_where_the_structure_has_ended(tmp_path):
+    """A lesion on slices 4-7 of 16: prompts are always labelled slices, as a user's are; the query
+    is also drawn past the lesion's end, where its target is empty."""
     labels = np.zeros((16, STORE, STORE), np.uint8)
     labels[4:8, 40:64, 40:64] = 1
     images = (0.2 + 0.6 * labels.astype(np.float32))[:, None]
@@ -89,13 +90,13 @@ def test_propagation_queries_also_lie_where_the_structure_has_ended(tmp_path, qu
     config = {
         "tasks": {"segment": 1.0},
         "augment": {**NO_AUGMENT, "crop_prob": 0.0},
-        "propagation": {**STILL, "near": (1, 8), "query_slices": query_slices},
+        "propagation": {**STILL, "near": (1, 8)},
     }
     dataset = InContextDataset(SliceStore(tmp_path / "lesion"), config, length=40, seed=0, tile_size=TILE)
     samples = [dataset[i] for i in range(40)]
     assert all(s["prompt_target"].any() for s in samples)
     empty = sum(not s["query_target"].any() for s in samples)
-    assert empty > 5 if query_slices == "any" else empty == 0
+    assert empty > 5
 
 
 def test_aligned_prompts_lie_on_the_query_as_inference_aligns_them(shifted_store):
@@ -120,9 +121,17 @@ def test_aligned_prompts_lie_on_the_query_as_inference_aligns_them(shifted_store
     assert unquoted.config.align_prompts == "off"
 
 
-def test_sampler_refuses_an_unknown_query_slices_choice(shifted_store):
-    with pytest.raises(ValueError, match="query_slices must be one of"):
-        InContextDataset(shifted_store, {"tasks": {"segment": 1.0}, "propagation": {"query_slices": "all"}})
+def test_the_retired_query_slices_loads_as_any_and_refuses_foreground_in_one_line(shifted_store, caplog):
+    config = {"tasks": {"segment": 1.0}, "propagation": {**STILL, "query_slices": "any"}}
+    with caplog.at_level(logging.INFO, logger="MVGCore.retired"):
+        named = InContextDataset(shifted_store, config, length=4, tile_size=TILE)
+    assert "dropped the retired setting query_slices='any'" in caplog.text
+    plain = InContextDataset(shifted_store, {**config, "propagation": STILL}, length=4, tile_size=TILE)
+    assert named.config == plain.config and np.array_equal(named[3]["query_target"], plain[3]["query_target"])
+    with pytest.raises(ValueError) as refused:
+        InContextDataset(shifted_store, {**config, "propagation": {"query_slices": "foreground"}})
+    assert "query_slices='foreground' was retired (only query_slices='any' remains)" in str(refused.value)
+    assert len(str(refused.value).splitlines()) == 1
 
 
 def test_sampler_refuses_a_tile_larger_than_the_store(shifted_store):
