@@ -1,10 +1,12 @@
 """MVGSlicer: in-context segmentation, denoising, inpainting and synthesis with the Medical Vision Generalist.
 
-This file is the Slicer shell only (module, parameter node, widget, logic facade, self-test); all
-computation lives in MVGSlicerLib, which never imports qt/ctk and is tested against a real MRML
-scene outside Slicer. Run starts the model in a separate PythonSlicer process
-(MVGSlicerLib.runner) and follows it from a QTimer, so Slicer stays responsive and a crash or an
-out-of-memory of the model cannot take Slicer down.
+This file is the Slicer shell only (module, parameter node, widget, logic facade, and the self-test
+class Slicer looks up here); all computation lives in MVGSlicerLib, which never imports qt/ctk and
+is tested against a real MRML scene outside Slicer. The shell's other Qt-side pieces live in
+MVGSlicerWidgets: the self-test's tests, and the Run panel, which starts the model in a separate
+PythonSlicer process (MVGSlicerLib.runner) and follows it from a QTimer, so Slicer stays responsive
+and a crash or an out-of-memory of the model cannot take Slicer down. Both are packages because
+Slicer loads every .py file next to this one as a module.
 """
 
 import logging
