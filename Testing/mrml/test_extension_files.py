@@ -194,7 +194,9 @@ def test_the_build_time_copy_script_puts_mvgcore_and_resources_next_to_the_modul
     subprocess.run(
         ["cmake", f"-DSOURCE_ROOT={ROOT}", f"-DDESTINATION={destination}", "-P", str(script)], check=True
     )
-    assert (destination / "MVGCore" / "predict" / "__init__.py").is_file() and not list(destination.rglob("__pycache__"))
+    assert (destination / "MVGCore" / "predict" / "__init__.py").is_file() and not list(
+        destination.rglob("__pycache__")
+    )
     for name in ("Models.json", "mvg_tiny_default.safetensors", "mvg_tiny_default.json"):
         assert (destination / "Resources" / "Models" / name).is_file(), name
     assert {p.name for p in (destination / "Resources" / "SampleData").iterdir()} >= {
