@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from .checks import is_whole
-from .data.samplers import AugmentConfig, PropagationConfig, apply_flips, move_half, shared_augment
+from .data.sampler_config import AugmentConfig, PropagationConfig
+from .data.views import apply_flips, move_half, shared_augment
 from .loss import mvg_loss
 from .model import MVGModel
 from .train.batch import collate_canvases

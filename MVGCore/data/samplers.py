@@ -8,190 +8,39 @@ slices (:mod:`MVGCore.degrade`), so every slice serves denoising and inpainting.
 
 Every sample is a pure function of ``(seed, epoch, index)``: resuming at an index reproduces the
 stream exactly, and DataLoader workers or DistributedSampler shards need no coordination.
+
+The sampler's settings are in :mod:`.sampler_config`, its random choices (slices, classes,
+weighted picks) in :mod:`.draws`, and how the two halves are cropped, flipped, moved and aligned
+in :mod:`.views`; this module assembles them into samples per task and batches them.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..canvas import resize_plane
-from ..degrade import HOLE_MODELS, NOISE_MODELS, add_noise, apply_hole, make_hole, noise_level
-from ..intensity import IntensityRange, ct_window
-from ..registration import ALIGNMENTS, Registration, require_simpleitk
-from ..retired import drop_retired
+from ..degrade import add_noise, apply_hole, make_hole, noise_level
+from ..intensity import IntensityRange
+from ..registration import require_simpleitk
 from ..types import TASKS
+from .draws import keep_classes, propagation_positions, two_positions, weighted_choice
+from .sampler_config import DEFAULT_NOISE, SamplerConfig
 from .store import SliceStore, StoredCase
-
-DEFAULT_NOISE: dict[str, dict[str, float]] = {
-    "CT": {"gaussian": 1.0, "poisson": 1.0},
-    "MR": {"gaussian": 1.0, "rician": 1.0},
-    "XR": {"gaussian": 1.0, "poisson": 1.0},
-    "US": {"speckle": 1.0},
-    "OTHER": {"gaussian": 1.0},
-}
-"""Noise models per modality, by weight. ``lowdose_ct`` is opt-in: its projection round trip
-costs ~0.15 s per tile on one CPU core."""
-
-
-PAIRINGS = ("propagation", "independent")
-
-RETIRED_PROPAGATION: dict[str, Any] = {"query_slices": "any"}
-"""Retired ``propagation`` keys, with the value that is now the only behaviour: ``query_slices:
-foreground`` (queries among labelled slices only) lost to "any" in the stage-4 ablation
-(research/README.md), and the recipe's configs named "any"."""
-
-
-@dataclass
-class AugmentConfig:
-    """Random resized crop (one box for prompt and query, or independent ones with
-    ``SamplerConfig.pairing="independent"``, the reference's random crops), flips (shared, so
-    prompt and query keep one orientation) and intensity jitter (shared, so the prompt still shows
-    the query's mapping). Labels always follow their image's geometry."""
-
-    crop_prob: float = 1.0
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    crop_ratio: tuple[float, float] = (0.8, 1.25)
-    hflip_prob: float = 0.5
-    vflip_prob: float = 0.0
-    jitter_prob: float = 0.5
-    gamma: tuple[float, float] = (0.7, 1.4)
-    contrast: tuple[float, float] = (0.8, 1.2)
-    brightness: tuple[float, float] = (-0.05, 0.05)
-
-
-@dataclass
-class PropagationConfig:
-    """Slice distance and the small independent motion between prompt and query of a propagation pair."""
-
-    near: tuple[int, int] = (1, 8)
-    """Distance in source slices, drawn uniformly in this range ..."""
-    far_prob: float = 0.15
-    """... except with this chance, when the query is any other slice of the case. The query may be
-    any stored slice, the prompt always a labelled one, as at inference, where the user labels a
-    few slices and every other slice is segmented, so the model also learns where a structure ends
-    (a lesion spans a few slices of the volume)."""
-    shift: float = 3.0
-    """Independent shift of the prompt half, in tile pixels (uniform in +-shift)."""
-    rotate: float = 4.0
-    """Independent rotation of the prompt half, in degrees (uniform in +-rotate)."""
-    scale: tuple[float, float] = (0.95, 1.05)
-    """Independent scale of the prompt half."""
-
-
-@dataclass
-class SamplerConfig:
-    """What to draw. Unlisted datasets get weight 1; a weight of 0 switches a task or dataset off."""
-
-    tasks: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TASKS, 1.0))
-    datasets: dict[str, float] = field(default_factory=dict)
-    cross_case_prob: float = 0.0
-    """Segmentation and synthesis: chance that the prompt comes from another case of the dataset."""
-    binary_prob: float = 0.0
-    """Segmentation: chance to keep one class present in the prompt (as a user prompting one structure)."""
-    max_classes: int = 8
-    """Segmentation: at most this many of the prompt's classes are kept (a random subset), as users paint."""
-    pairing: str = "propagation"
-    """Segmentation: "propagation" (prompt a few slices from the query, one crop box for both, plus a
-    small independent jitter: what inference in a volume sees) or "independent" (any two foreground
-    slices, independent crops: the reference's pairs)."""
-    propagation: PropagationConfig = field(default_factory=lambda: PropagationConfig())
-    align_prompts: str = "off"
-    """Segmentation: warp the prompt half (image and label) onto the query half by 2D
-    registration after every augmentation, as inference does (``Options.align_prompts``):
-    "demons", "bspline", "affine" or "off". A warp that pushes the label out of the tile keeps
-    the prompt as it lay, as inference does. Costs about 0.1 s per sample on one core."""
-    zoom_prob: float = 0.0
-    """Segmentation: chance of a view centred on the kept structures' box (with margin), the zoom
-    inference applies (:mod:`MVGCore.zoom`); otherwise a crop of the whole slice."""
-    zoom_margin: tuple[float, float] = (0.1, 0.5)
-    """Margin added on each side of the structures' box, as a fraction of its longer side (drawn)."""
-    zoom_min_size: int = 48
-    """Smallest zoom box side in native pixels (inference uses the same floor)."""
-    native_prob: float = 0.0
-    """Denoise / inpaint: chance of a crop at the source's native pixel scale (what tiled inference
-    sees); otherwise the whole slice as fitted into the store."""
-    real_pair_prob: float = 0.5
-    """Denoising: chance to use a stored degraded/clean pair when the case has one."""
-    noise: dict[str, dict[str, float]] = field(
-        default_factory=lambda: {m: dict(w) for m, w in DEFAULT_NOISE.items()}
-    )
-    holes: dict[str, float] = field(default_factory=lambda: dict.fromkeys(HOLE_MODELS, 1.0))
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    ct_windows: dict[str, Any] = field(default_factory=dict)
-    """CT window per task (a preset name or [low, high] HU), applied to CT channels at sample time,
-    so one store serves tasks that infer in different windows (segmentation in a wide window that
-    keeps air, lung and fat apart; image tasks in the paper's). Unlisted tasks get the stored
-    window, which must contain every listed one (prepare the store with a wide ``--window``)."""
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any] | None) -> SamplerConfig:
-        """Build from a plain (YAML/JSON) dict; unknown keys and names are errors, not ignored."""
-        config = dict(config or {})
-        _check_keys(config, cls, "sampler config")
-        augment = dict(config.pop("augment", None) or {})
-        _check_keys(augment, AugmentConfig, "sampler config 'augment'")
-        augment = {k: tuple(v) if isinstance(v, list) else v for k, v in augment.items()}
-        propagation = dict(config.pop("propagation", None) or {})
-        propagation = drop_retired(propagation, RETIRED_PROPAGATION, "sampler config 'propagation'")
-        _check_keys(propagation, PropagationConfig, "sampler config 'propagation'")
-        propagation = {k: tuple(v) if isinstance(v, list) else v for k, v in propagation.items()}
-        config = {k: tuple(v) if k == "zoom_margin" else v for k, v in config.items()}
-        result = cls(**config, augment=AugmentConfig(**augment), propagation=PropagationConfig(**propagation))
-        if "noise" in config:  # a partial table overrides the defaults modality by modality
-            result.noise = {**{m: dict(w) for m, w in DEFAULT_NOISE.items()}, **config["noise"]}
-        result.validate()
-        return result
-
-    def validate(self) -> None:
-        _check_weights(self.tasks, TASKS, "tasks")
-        _check_weights(self.holes, HOLE_MODELS, "holes")
-        for modality, weights in self.noise.items():
-            _check_weights(weights, tuple(NOISE_MODELS), f"noise[{modality!r}]", need_positive=True)
-        if self.tasks.get("inpaint", 0) > 0:
-            _check_weights(self.holes, HOLE_MODELS, "holes", need_positive=True)
-        _check_weights(self.datasets, None, "datasets")
-        unknown = sorted(set(self.ct_windows) - set(TASKS))
-        if unknown:
-            raise ValueError(f"sampler config ct_windows names unknown tasks {unknown}; tasks are {TASKS}")
-        self.ct_windows = {task: ct_window(window) for task, window in self.ct_windows.items()}
-        if self.align_prompts is False:  # YAML reads an unquoted `off` as false
-            self.align_prompts = "off"
-        if self.align_prompts not in ALIGNMENTS:
-            raise ValueError(
-                f"sampler config align_prompts must be one of {ALIGNMENTS}, got {self.align_prompts!r}"
-            )
-        if self.pairing not in PAIRINGS:
-            raise ValueError(f"sampler config pairing must be one of {PAIRINGS}, got {self.pairing!r}")
-        if (
-            isinstance(self.max_classes, bool)
-            or not isinstance(self.max_classes, int)
-            or self.max_classes < 1
-        ):
-            raise ValueError(
-                f"sampler config max_classes must be a positive integer, got {self.max_classes!r}"
-            )
-        near = self.propagation.near
-        if len(near) != 2 or not 1 <= near[0] <= near[1]:
-            raise ValueError(
-                f"sampler config propagation.near must be (low, high) with 1 <= low <= high, got {near}"
-            )
-        if not 0.0 <= self.zoom_margin[0] <= self.zoom_margin[1]:
-            raise ValueError(
-                f"sampler config zoom_margin must be (low, high), 0 <= low <= high, got {self.zoom_margin}"
-            )
-        for name in ("cross_case_prob", "binary_prob", "real_pair_prob", "zoom_prob", "native_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(
-                    f"sampler config {name} must be a probability in [0, 1], got {getattr(self, name)}"
-                )
+from .views import (
+    align_prompt,
+    apply_flips,
+    crop,
+    crop_box,
+    move_half,
+    native_scale,
+    shared_augment,
+    square_box,
+)
 
 
 class InContextDataset(Dataset):
@@ -286,9 +135,9 @@ class InContextDataset(Dataset):
         return self.sample(np.random.default_rng([self.seed, self.epoch, int(index)]))
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
-        task = _weighted_choice(rng, self._tasks, [self.config.tasks[t] for t in self._tasks])
+        task = weighted_choice(rng, self._tasks, [self.config.tasks[t] for t in self._tasks])
         datasets = sorted(self._eligible[task])
-        dataset = _weighted_choice(rng, datasets, [self.config.datasets.get(d, 1.0) for d in datasets])
+        dataset = weighted_choice(rng, datasets, [self.config.datasets.get(d, 1.0) for d in datasets])
         cases = self._eligible[task][dataset]
         query_case = self.store.cases[cases[rng.integers(len(cases))]]
         prompt_case = query_case
@@ -316,9 +165,9 @@ class InContextDataset(Dataset):
         channel = int(rng.integers(min(prompt_case.channels, query_case.channels)))
         propagation = prompt_case is query_case and self.config.pairing == "propagation"
         if propagation:
-            positions = _propagation_positions(rng, query_case, self.config.propagation)
+            positions = propagation_positions(rng, query_case, self.config.propagation)
         else:
-            positions = _two_positions(
+            positions = two_positions(
                 rng,
                 prompt_case,
                 query_case,
@@ -327,7 +176,7 @@ class InContextDataset(Dataset):
             )
         cases = (prompt_case, query_case)
         images = [self._read("segment", c, p, channel) for c, p in zip(cases, positions)]
-        labels = _keep_classes(
+        labels = keep_classes(
             rng,
             [self.store.label(c, p).astype(np.int64) for c, p in zip(cases, positions)],
             self.config.binary_prob,
@@ -360,11 +209,11 @@ class InContextDataset(Dataset):
         case = query_case
         real = case.target_row is not None and rng.random() < self.config.real_pair_prob
         channel = 0 if real else int(rng.integers(case.channels))
-        positions = _two_positions(rng, case, case, range(len(case.slices)), range(len(case.slices)))
+        positions = two_positions(rng, case, case, range(len(case.slices)), range(len(case.slices)))
         flips, jitter = shared_augment(rng, self.config.augment)
         box = self._image_box(rng, case)
         weights = self.config.noise.get(case.modalities[channel], DEFAULT_NOISE["OTHER"])
-        model = _weighted_choice(rng, sorted(weights), [weights[m] for m in sorted(weights)])
+        model = weighted_choice(rng, sorted(weights), [weights[m] for m in sorted(weights)])
         level = noise_level(model, rng)  # one noise model and level shared: the prompt shows it
         out = {}
         for half, position in zip(("prompt", "query"), positions):
@@ -385,14 +234,14 @@ class InContextDataset(Dataset):
     def _inpaint(self, rng: np.random.Generator, prompt_case: StoredCase, query_case: StoredCase) -> dict:
         case = query_case
         channel = int(rng.integers(case.channels))
-        positions = _two_positions(rng, case, case, range(len(case.slices)), range(len(case.slices)))
+        positions = two_positions(rng, case, case, range(len(case.slices)), range(len(case.slices)))
         flips, jitter = shared_augment(rng, self.config.augment)
         box = self._image_box(rng, case)
         models = sorted(m for m, w in self.config.holes.items() if w > 0)
         out = {}
         for half, position in zip(("prompt", "query"), positions):
             clean = jitter(self._view(flips, box, self._read("inpaint", case, position, channel))[0])
-            model = _weighted_choice(rng, models, [self.config.holes[m] for m in models])
+            model = weighted_choice(rng, models, [self.config.holes[m] for m in models])
             hole = make_hole(model, clean.shape, rng)
             out[f"{half}_image"], out[f"{half}_target"] = apply_hole(clean, hole), clean
             out["hole" if half == "query" else "prompt_hole"] = hole
@@ -407,7 +256,7 @@ class InContextDataset(Dataset):
             sources = shared
         pairs = [(a, b) for a in sources for b in sources if a != b]
         source, target = pairs[rng.integers(len(pairs))]
-        positions = _two_positions(
+        positions = two_positions(
             rng, prompt_case, query_case, range(len(prompt_case.slices)), range(len(query_case.slices))
         )
         flips, jitter = shared_augment(rng, self.config.augment)
@@ -437,7 +286,7 @@ class InContextDataset(Dataset):
         """A random resized crop of the stored tile (or all of it), (top, left, height, width)."""
         aug = self.config.augment
         if rng.random() < aug.crop_prob:
-            return _crop_box(rng, self.store_size, aug.crop_scale, aug.crop_ratio)
+            return crop_box(rng, self.store_size, aug.crop_scale, aug.crop_ratio)
         return (0, 0, self.store_size, self.store_size)
 
     def _segment_box(
@@ -486,7 +335,7 @@ class InContextDataset(Dataset):
         arrays = [image] if label is None else [image, label]
         is_label = [False, label is not None and np.issubdtype(label.dtype, np.integer)]
         arrays = [
-            resize_plane(_crop(a, box), (self.size, self.size), is_label[i]) for i, a in enumerate(arrays)
+            resize_plane(crop(a, box), (self.size, self.size), is_label[i]) for i, a in enumerate(arrays)
         ]
         return tuple(apply_flips(a, flips) for a in arrays)
 
@@ -542,164 +391,3 @@ def _serves(case: StoredCase, task: str) -> bool:
 
 def _synthesis_sources(case: StoredCase) -> list[int | str]:
     return [*range(case.channels), *(["target"] if case.target_row is not None else [])]
-
-
-def _two_positions(rng, prompt_case, query_case, prompt_pool, query_pool) -> tuple[int, int]:
-    """Stored slice positions for prompt and query; two different slices when both are one case."""
-    prompt_pool, query_pool = list(prompt_pool), list(query_pool)
-    query = query_pool[rng.integers(len(query_pool))]
-    if prompt_case is query_case and len(prompt_pool) > 1:
-        prompt_pool = [p for p in prompt_pool if p != query]
-    return prompt_pool[rng.integers(len(prompt_pool))], query
-
-
-def _crop_box(rng, size, scale, ratio) -> tuple[int, int, int, int]:
-    area = rng.uniform(*scale) * size * size
-    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-    height = int(np.clip(round(np.sqrt(area / aspect)), 1, size))
-    width = int(np.clip(round(np.sqrt(area * aspect)), 1, size))
-    return int(rng.integers(size - height + 1)), int(rng.integers(size - width + 1)), height, width
-
-
-def native_scale(case: StoredCase) -> float:
-    """Stored tile pixels per source pixel (along the finer in-plane axis): 1 for a 512 px CT
-    slice in a 512 store, 2 for a 256 px MR slice there, 0.25 for a 512 px slice in a 128 store."""
-    fit = case.source.get("fit") if case.source else None
-    if not fit:
-        return 1.0
-    return max(c / s for c, s in zip(fit["content"], fit["shape"]))
-
-
-def square_box(
-    top: float, bottom: float, left: float, right: float, margin: float, floor: float
-) -> tuple[int, int, int, int]:
-    """The square (top, left, side, side) around rows [top, bottom) x cols [left, right) with
-    ``margin`` x the longer side added on each side, and at least ``floor`` pixels wide."""
-    side = max(bottom - top, right - left)
-    side_px = int(np.ceil(max(side * (1.0 + 2.0 * margin), floor, 1.0)))
-    centre_r, centre_c = (top + bottom) / 2.0, (left + right) / 2.0
-    return (round(centre_r - side_px / 2.0), round(centre_c - side_px / 2.0), side_px, side_px)
-
-
-def _crop(array: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """``array[top:top+height, left:left+width]``, zero where the box leaves the array."""
-    top, left, height, width = box
-    out = np.zeros((height, width), dtype=array.dtype)
-    r0, r1 = max(top, 0), min(top + height, array.shape[0])
-    c0, c1 = max(left, 0), min(left + width, array.shape[1])
-    if r1 > r0 and c1 > c0:
-        out[r0 - top : r1 - top, c0 - left : c1 - left] = array[r0:r1, c0:c1]
-    return out
-
-
-def _propagation_positions(
-    rng: np.random.Generator, case: StoredCase, config: PropagationConfig
-) -> tuple[int, int]:
-    """(prompt, query) stored positions of one case: the prompt a labelled slice, the query the
-    slice nearest to a drawn number of source slices away from it, or any other slice with
-    ``far_prob``."""
-    labelled = list(case.foreground_positions)
-    prompt = labelled[rng.integers(len(labelled))]
-    others = [p for p in range(len(case.slices)) if p != prompt]
-    if not others:
-        return prompt, prompt
-    if rng.random() < config.far_prob:
-        return prompt, others[rng.integers(len(others))]
-    distance = int(rng.integers(config.near[0], config.near[1] + 1)) * (1 if rng.random() < 0.5 else -1)
-    wanted = case.slices[prompt] + distance
-    query = min(others, key=lambda p: (abs(case.slices[p] - wanted), p))
-    return prompt, query
-
-
-def _keep_classes(
-    rng: np.random.Generator, labels: list[np.ndarray], binary_prob: float, max_classes: int
-) -> list[np.ndarray]:
-    """Keep one (with ``binary_prob``) or up to ``max_classes`` of the prompt's (``labels[0]``)
-    classes; the others become background in every label."""
-    present = np.unique(labels[0][labels[0] > 0])
-    if not present.size:
-        return labels
-    count = 1 if rng.random() < binary_prob else min(max_classes, present.size)
-    if count == present.size:
-        return labels
-    keep = rng.choice(present, size=count, replace=False)
-    return [np.where(np.isin(label, keep), label, 0) for label in labels]
-
-
-def shared_augment(rng: np.random.Generator, aug: AugmentConfig) -> tuple[tuple[bool, bool], Any]:
-    """Flips (vertical, horizontal) and an intensity jitter drawn once per sample, for prompt and
-    query alike."""
-    flips = (bool(rng.random() < aug.vflip_prob), bool(rng.random() < aug.hflip_prob))
-    if rng.random() >= aug.jitter_prob:
-        return flips, lambda image: image
-    gamma = float(np.exp(rng.uniform(np.log(aug.gamma[0]), np.log(aug.gamma[1]))))
-    contrast, brightness = float(rng.uniform(*aug.contrast)), float(rng.uniform(*aug.brightness))
-
-    def jitter(image: np.ndarray) -> np.ndarray:
-        out = (np.power(image, gamma) - 0.5) * contrast + 0.5 + brightness
-        return np.clip(out, 0.0, 1.0).astype(np.float32)
-
-    return flips, jitter
-
-
-def apply_flips(array: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
-    """``array`` flipped (vertically, horizontally) as :func:`shared_augment` drew, contiguous."""
-    array = array[::-1] if flips[0] else array
-    return np.ascontiguousarray(array[:, ::-1] if flips[1] else array)
-
-
-def move_half(
-    rng: np.random.Generator, config: PropagationConfig, image: np.ndarray, label: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """A small random shift, rotation and scale of one half (the anatomy moving between slices)."""
-    size = image.shape[-1]
-    angle = np.deg2rad(rng.uniform(-config.rotate, config.rotate))
-    scale = rng.uniform(*config.scale)
-    shift = rng.uniform(-config.shift, config.shift, size=2) * 2.0 / size  # normalised coordinates
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    theta = torch.tensor([[cos, -sin, shift[0]], [sin, cos, shift[1]]], dtype=torch.float32)[None]
-    grid = F.affine_grid(theta, [1, 1, *image.shape], align_corners=False)
-    planes = torch.from_numpy(np.stack([image, label]).astype(np.float32))[:, None]
-    moved_image = F.grid_sample(planes[:1], grid, mode="bilinear", align_corners=False)[0, 0]
-    moved_label = F.grid_sample(planes[1:], grid, mode="nearest", align_corners=False)[0, 0]
-    return moved_image.numpy(), moved_label.numpy().astype(label.dtype)
-
-
-def align_prompt(
-    method: str, query_image: np.ndarray, prompt_image: np.ndarray, prompt_label: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The prompt half registered onto the query half (``SamplerConfig.align_prompts``), or as
-    it lay when the warp leaves no label (:meth:`Registration.align`). Registration failures fall
-    back to the centred transform silently here: a training stream would otherwise log one
-    warning per empty slice."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Registration(method).align(query_image, prompt_image, prompt_label)
-
-
-def _weighted_choice(rng: np.random.Generator, items: list, weights: list[float]):
-    weights = np.asarray(weights, dtype=float)
-    if not items or weights.sum() <= 0:
-        raise ValueError(f"nothing to choose from: items {items} with weights {list(weights)}")
-    return items[rng.choice(len(items), p=weights / weights.sum())]
-
-
-def _check_keys(config: dict[str, Any], cls: type, where: str) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = set(config) - known
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known keys are {sorted(known)}")
-
-
-def _check_weights(
-    weights: dict[str, float], known: tuple[str, ...] | None, where: str, need_positive: bool = False
-) -> None:
-    if not isinstance(weights, dict):
-        raise ValueError(f"sampler config {where} must map names to weights, got {weights!r}")
-    for name, weight in weights.items():
-        if known is not None and name not in known:
-            raise ValueError(f"sampler config {where}: unknown name {name!r}; known names are {list(known)}")
-        if not isinstance(weight, (int, float)) or weight < 0 or not np.isfinite(weight):
-            raise ValueError(f"sampler config {where}[{name!r}] must be a weight >= 0, got {weight!r}")
-    if need_positive and not any(w > 0 for w in weights.values()):
-        raise ValueError(f"sampler config {where} needs at least one positive weight, got {weights}")
