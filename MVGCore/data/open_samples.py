@@ -26,6 +26,7 @@ import numpy as np
 
 from ..io import read_volume, write_volume
 from ..types import Volume
+from .derived_labels import aal_lobes, ct_structures
 from .sources import IMAGE_TASKS, Case
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ _SAMPLES: dict[str, tuple[_Sample, ...]] = {
                 ("breast1", "MR"),
             )
         ),
-        # Four structures on every slice of lung2's CT, made by thresholds (see ct_structures).
+        # Four structures on every slice of lung2's CT, made by thresholds (derived_labels.ct_structures).
         _Sample("lung2_structures", "CT", "lung2_image.nrrd", label="lung2_structures.nrrd"),
     ),
     "mricron": (
@@ -325,45 +326,6 @@ def _fetch_pyradiomics(work: Path, out: Path) -> None:
     write_volume(out / "lung2_structures.nrrd", Volume(ct_structures(ct.array), ct.geometry))
 
 
-CT_STRUCTURES = {1: "soft tissue", 2: "lung (lower column index)", 3: "lung (higher column index)", 4: "bone"}
-"""Labels of :func:`ct_structures`."""
-
-
-def ct_structures(ct: np.ndarray) -> np.ndarray:
-    """A uint8 map of :data:`CT_STRUCTURES` in a chest CT (HU, (k, j, i)), slice by slice by
-    thresholds: the body is the largest component above -500 HU with its holes filled; a lung is
-    one of its two largest air components (below -400 HU, opened, at least 2000 pixels, holes
-    filled), named by the side of the body's centre column it lies on; bone is above 250 HU."""
-    from scipy import ndimage
-
-    labels = np.zeros(ct.shape, np.uint8)
-    for k, plane in enumerate(ct):
-        body = _components(plane > -500, 1, 1)
-        if not body:
-            continue
-        body = ndimage.binary_fill_holes(body[0])
-        centre = np.flatnonzero(body.any(0)).mean()
-        labels[k][body] = 1
-        for lung in _components(ndimage.binary_opening(body & (plane < -400), iterations=2), 2, 2000):
-            labels[k][ndimage.binary_fill_holes(lung)] = (
-                2 if np.flatnonzero(lung.any(0)).mean() < centre else 3
-            )
-        labels[k][ndimage.binary_opening(body & (plane > 250))] = 4
-    return labels
-
-
-def _components(mask: np.ndarray, count: int, min_size: int) -> list[np.ndarray]:
-    """The ``count`` largest connected components of ``mask`` with at least ``min_size`` pixels."""
-    from scipy import ndimage
-
-    labelled, found = ndimage.label(mask)
-    if not found:
-        return []
-    sizes = ndimage.sum(mask, labelled, range(1, found + 1))
-    order = np.argsort(sizes)[::-1][:count]
-    return [labelled == o + 1 for o in order if sizes[o] >= min_size]
-
-
 def _fetch_mricron(work: Path, out: Path) -> None:
     tree = _apt_download("mricron-data", work)
     templates = tree / "usr/share/mricron/templates"
@@ -378,27 +340,6 @@ def _fetch_mricron(work: Path, out: Path) -> None:
     )
     aal = read_volume(out / "aal.nii.gz")
     write_volume(out / "aal_lobes.nii.gz", Volume(aal_lobes(aal.array), aal.geometry))
-
-
-AAL_LOBES = {
-    1: ("frontal", 1, 28),
-    2: ("insula, cingulate and medial temporal", 29, 42),
-    3: ("occipital", 43, 56),
-    4: ("parietal", 57, 70),
-    5: ("deep grey matter", 71, 78),
-    6: ("temporal", 79, 90),
-    7: ("cerebellum", 91, 116),
-}
-"""AAL (116 regions, the atlas's own index order) grouped into seven structures: label -> (name,
-first AAL index, last AAL index)."""
-
-
-def aal_lobes(aal: np.ndarray) -> np.ndarray:
-    """A uint8 map of the seven :data:`AAL_LOBES` structures from an AAL label map (0 elsewhere)."""
-    lobes = np.zeros(aal.shape, np.uint8)
-    for label, (_, first, last) in AAL_LOBES.items():
-        lobes[(aal >= first) & (aal <= last)] = label
-    return lobes
 
 
 def _fetch_nilearn(work: Path, out: Path) -> None:
