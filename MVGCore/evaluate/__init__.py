@@ -1,41 +1,20 @@
-"""``python -m MVGCore.evaluate``: the model and classical baselines on the same cases, prompts and seeds.
+"""Measure the model against classical baselines on the same cases, prompts and seeds.
 
-For every case and task a *trial* is made once: the prompt slices (evenly spaced among the slices
-that can serve), the degraded input (noise / holes drawn from ``(seed, case number)``) and the
-reference. Every method then answers that same trial. Prompt slices are returned unchanged by
-every method, so they are left out of the scores. A single 2D image (one slice along the axis)
-takes its prompts from other single images of its dataset that pose the same task, or from one
-half of itself and is scored on the other half (``--single-images``).
+``python -m MVGCore.evaluate`` (:mod:`.cli`) is the command; :func:`evaluate` is the same run for a
+program (``scripts/make_model_card.py``, training's volume validation and the benchmarks use its
+parts). One module per job:
 
-Beside the model and the chosen ``--baselines``, the quick peers a user would try first always
-answer too (unless ``--no-peers``): copying the nearest prompt's label and Slicer's "Fill between
-slices" on segmentation volumes, histogram matching to the prompt targets on synthesis, and the
-noisy input as it came on denoising (the floor a denoiser must clear).
-Writes, into a new folder:
-
-- ``cases/<dataset>__<case>__<task>.json``: prompts, seed and each method's metrics and seconds;
-- ``figures/<dataset>__<case>__<task>.png``: prompt, query, each method's answer, truth;
-- ``summary.json`` and ``summary.md`` (mean ± std over cases); the table is printed last.
-
-Example::
-
-    python -m MVGCore.evaluate --checkpoint mvg.safetensors --data /data/Dataset027_ACDC \\
-        --baselines classical --out runs/eval_acdc --k-prompts 3 --ensemble average feature
+- :mod:`.trials`: a case posed as a trial (prompt slices, degraded input, reference), made once
+- :mod:`.methods`: the model and the baselines as methods that answer a trial alike
+- :mod:`.scoring`: the metrics of an answer, on the voxels that were not prompts
+- :mod:`.harness`: the loop over cases, tasks and methods
+- :mod:`.report`: the per-trial records, the summary table, the JSON files and the figures
+- :mod:`.cli`: the command line
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
-
-from .. import cli
-from ..degrade import HOLE_MODELS, NOISE_MODELS
-from ..predict import ENSEMBLES
-from ..types import TASKS
+from .cli import main
 from .harness import evaluate
 from .methods import BASELINES, NEEDS_SLICES, PEERS, InputAsItCame, Method, build_methods, run_method
 from .report import summary_table
@@ -61,108 +40,3 @@ __all__ = [
     "score",
     "summary_table",
 ]
-
-log = logging.getLogger(__name__)
-
-
-def _options_json(text: str) -> dict[str, Any]:
-    """A ``--model-options`` value: a JSON object of Predictor options."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON ({error.msg}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object of Predictor options, got {text!r}")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..data.sources import load_cases, validate_cases
-    from ..predict import Predictor
-
-    parser = argparse.ArgumentParser(prog="python -m MVGCore.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, help="model .safetensors (omit to run baselines only)")
-    parser.add_argument(
-        "--data", action="append", default=[], type=Path, help="dataset or manifest (repeatable)"
-    )
-    parser.add_argument(
-        "--open-samples",
-        nargs="+",
-        default=[],
-        metavar="SOURCE/NAME",
-        help="open sample cases, e.g. pyradiomics/lung2 (obtained into the cache if needed)",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="new folder for the report")
-    parser.add_argument(
-        "--baselines", nargs="+", default=[], choices=sorted(BASELINES), help="baselines to run"
-    )
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--prompts", type=int, default=3, help="prompt slices per case (default 3)")
-    parser.add_argument("--k-prompts", type=int, default=1, help="prompts the model sees per query slice")
-    parser.add_argument(
-        "--ensemble", nargs="+", default=["average"], choices=ENSEMBLES, help="give both to compare"
-    )
-    parser.add_argument(
-        "--model-options",
-        nargs="+",
-        type=_options_json,
-        default=[{}],
-        metavar="JSON",
-        help="extra Predictor options per model variant, e.g. '{}' '{\"adapt_steps\": 30}' to compare",
-    )
-    parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2))
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and holes")
-    parser.add_argument("--noise", default="gaussian", choices=sorted(NOISE_MODELS))
-    parser.add_argument(
-        "--noise-level", type=float, default=0.05, help="level of --noise (see MVGCore.degrade)"
-    )
-    parser.add_argument("--hole", default="box", choices=HOLE_MODELS)
-    parser.add_argument(
-        "--single-images",
-        default="dataset",
-        choices=SINGLE_IMAGES,
-        help="prompts of a single 2D image: other images of its dataset (default), half of itself, or none",
-    )
-    parser.add_argument(
-        "--no-peers", action="store_true", help=f"leave out the quick peers {', '.join(PEERS)}"
-    )
-    parser.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--allow-pickle", action="store_true", help="allow a trusted pickle checkpoint")
-    parser.add_argument("--quiet", action="store_true")
-    cli.add_debug_flag(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    if args.checkpoint is None and not args.baselines:
-        parser.error("give --checkpoint and/or --baselines")
-    if not args.data and not args.open_samples:
-        parser.error("give --data and/or --open-samples")
-    settings = Settings(
-        tasks=tuple(args.tasks),
-        n_prompts=args.prompts,
-        axis=args.axis,
-        seed=args.seed,
-        noise=args.noise,
-        noise_level=args.noise_level,
-        hole=args.hole,
-        single_images=args.single_images,
-    )
-    cases = [case for path in args.data for case in load_cases(path)]
-    if args.open_samples:
-        from ..data import open_samples
-
-        cases += open_samples.select(args.open_samples)
-    cases = validate_cases(cases, require_foreground=False)[: args.max_cases]
-    predictor = None
-    if args.checkpoint is not None:
-        predictor = Predictor.from_checkpoint(
-            args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, batch_size=args.batch_size
-        )
-    methods = build_methods(
-        predictor, args.baselines, args.k_prompts, args.ensemble, args.model_options, peers=not args.no_peers
-    )
-    records = evaluate(cases, methods, args.out, settings)
-    log.info("report written to %s", args.out)
-    print(summary_table(records, [m.name for m in methods]))
-    return 0

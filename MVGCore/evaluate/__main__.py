@@ -1,10 +1,11 @@
-"""``python -m MVGCore.evaluate``: runs :func:`main` as a command (one-line errors, exit status 2)."""
+"""``python -m MVGCore.evaluate``: :func:`.cli.main` run as a command (a user's mistake is one line,
+exit status 2)."""
 
 from __future__ import annotations
 
 import sys
 
-from .. import cli
-from . import main
+from ..cli import run
+from .cli import PROG, main
 
-sys.exit(cli.run(main, "python -m MVGCore.evaluate"))
+sys.exit(run(main, PROG))
