@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .intensity import IntensityRange
+from .slicewise import put_slice, take_slice
 from .types import Prompt
 
 CALIBRATIONS = ("blend", "off")
@@ -94,3 +96,60 @@ def leave_one_out_blend(
         inputs.append(np.asarray(pair.image, dtype=np.float64))
         truths.append(np.asarray(pair.target, dtype=np.float64))
     return fit_blend(outs, inputs, truths)
+
+
+MIN_NOISE = 0.01
+"""Floor of an estimated noise level (in [0, 1] units): the level of self-made denoising prompts
+and recorrupted pairs on clean or constant slices."""
+
+
+def noise_level(plane: np.ndarray) -> float:
+    """The Gaussian noise level of a [0, 1] plane (skimage ``estimate_sigma``), at least
+    ``MIN_NOISE``; a constant plane has none to estimate (NaN), nor has a 1-pixel side: the floor
+    is used."""
+    from skimage.restoration import estimate_sigma
+
+    sigma = float(estimate_sigma(plane)) if min(plane.shape) > 1 else MIN_NOISE
+    return max(sigma, MIN_NOISE) if np.isfinite(sigma) else MIN_NOISE
+
+
+def recorrupted_pairs(planes: Sequence[np.ndarray], seed: int) -> list[Prompt]:
+    """Calibration pairs when no prompt is given, from [0, 1] ``planes`` ``y`` of the volume itself:
+    ``(y + n, y - n)`` with Gaussian ``n`` of the level estimated on each. A target ``y`` itself
+    would carry the input's own noise and pull the fit onto the input; with ``y - n`` the two
+    noises are uncorrelated, so the least-squares fit aims at the clean image
+    (recorrupted-to-recorrupted, Pang et al., CVPR 2021)."""
+    rng = np.random.default_rng([seed, 1])  # not the self-made prompts' own noise
+    pairs = []
+    for plane in planes:
+        noise = rng.normal(0.0, noise_level(plane), plane.shape).astype(np.float32)
+        pairs.append(Prompt(np.clip(plane + noise, 0.0, 1.0), np.clip(plane - noise, 0.0, 1.0)))
+    return pairs
+
+
+def blend_volume(
+    blend: Blend,
+    result: np.ndarray | tuple[np.ndarray, np.ndarray],
+    volume: np.ndarray,
+    axis: int,
+    kept: set[int],
+    in_range: IntensityRange,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """A denoising ``result`` (output, or output and disagreement) blended with the noisy
+    ``volume`` slice by slice; the ``kept`` prompt slices keep their targets.
+
+    The blend is applied in the model's units, the volume's normalisation ``in_range`` (values
+    outside its window clipped), as it was fitted: raw targets outside the window (air at -1000 HU
+    under a soft-tissue window) would otherwise drive the fit towards the input, as the model
+    cannot answer there. The disagreement scales with the model's weight."""
+    out, disagreement = result if isinstance(result, tuple) else (result, None)
+    for index in range(volume.shape[axis]):
+        if index not in kept:
+            blended = blend.apply(
+                in_range.normalize(take_slice(out, axis, index)),
+                in_range.normalize(take_slice(volume, axis, index)),
+            )
+            put_slice(out, axis, index, in_range.denormalize(np.clip(blended, 0.0, 1.0)))
+    if disagreement is None:
+        return out
+    return out, (disagreement * abs(blend.model_weight)).astype(disagreement.dtype)

@@ -12,11 +12,16 @@ every pixel, and tiles that agree come back bit for bit (an identity model retur
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .checks import is_whole
+from .slicewise import put_slice, take_slice
+from .types import Prompt
+from .zoom import Region, crop_volume
 
 
 @dataclass(frozen=True)
@@ -154,3 +159,71 @@ def match_tiles(query: TilePlan, prompt: TilePlan, count: int = 1) -> list[list[
     distance = np.linalg.norm(query.centres()[:, None, :] - prompt.centres()[None, :, :], axis=-1)
     order = np.argsort(distance, axis=1, kind="stable")[:, : min(count, len(prompt))]
     return [row.tolist() for row in order]
+
+
+def run_tiled(
+    volume: np.ndarray,
+    axis: int,
+    prompts: Sequence[Prompt],
+    hole: np.ndarray | None,
+    plan: TilePlan,
+    fill: float,
+    run_part: Callable[[np.ndarray, list[Prompt], np.ndarray | None, int], Any],
+) -> list[np.ndarray]:
+    """Every tile position of ``plan`` as one run over a tile-sized view of all slices along
+    ``axis``, blended back into whole volumes (one per output of ``run_part``).
+
+    The volume is padded with ``fill`` (the hole with False); ``run_part(part, part_prompts,
+    part_hole, n)`` answers tile ``n`` given the prompts cut at the same position (for another
+    image's prompt, its tile nearest by relative position), and returns an output volume or a
+    tuple of them. Tiles that agree return exactly their values (:func:`blend`).
+    """
+    size = plan.size
+    padded = _pad_planes(volume, axis, plan, fill)
+    padded_hole = None if hole is None else _pad_planes(hole, axis, plan, False)
+    prompt_plans = [
+        plan if p.index is not None else plan_tiles(p.image.shape, size, plan.overlap) for p in prompts
+    ]
+    matches = [match_tiles(plan, pp) for pp in prompt_plans]
+    prompt_tiles = [_prompt_tiles(p, pp) for p, pp in zip(prompts, prompt_plans)]
+    parts: list[list[np.ndarray]] = []
+    for n, (row, col) in enumerate(plan.boxes):
+        part_prompts = [
+            Prompt(images[match[n][0]], targets[match[n][0]], p.index)
+            for p, (images, targets), match in zip(prompts, prompt_tiles, matches)
+        ]
+        part_hole = None if padded_hole is None else _box_view(padded_hole, axis, row, col, size)
+        answer = run_part(_box_view(padded, axis, row, col, size), part_prompts, part_hole, n)
+        parts.append(list(answer) if isinstance(answer, tuple) else [answer])
+    results = []
+    for which in range(len(parts[0])):
+        out = np.empty(volume.shape, dtype=parts[0][which].dtype)
+        for index in range(volume.shape[axis]):
+            tiles = np.stack([take_slice(part[which], axis, index) for part in parts])
+            put_slice(out, axis, index, blend(tiles, plan).astype(out.dtype))
+        results.append(out)
+    return results
+
+
+def _box_view(volume: np.ndarray, axis: int, row: int, col: int, size: int) -> np.ndarray:
+    """The in-plane ``size`` x ``size`` box at (row, col) of every slice along ``axis`` (a view)."""
+    return crop_volume(volume, axis, Region(row, row + size, col, col + size))
+
+
+def _pad_planes(volume: np.ndarray, axis: int, plan: TilePlan, value: Any) -> np.ndarray:
+    """``volume`` with every plane placed in ``plan``'s padded canvas (``value`` around it)."""
+    if plan.padded == plan.shape:
+        return volume
+    widths = [(0, 0)] * 3
+    other = [a for a in range(3) if a != axis]
+    for a, offset, extent, total in zip(other, plan.offset, plan.shape, plan.padded):
+        widths[a] = (offset, total - extent - offset)
+    return np.pad(volume, widths, constant_values=value)
+
+
+def _prompt_tiles(prompt: Prompt, plan: TilePlan) -> tuple[np.ndarray, np.ndarray]:
+    """All tiles of a prompt's image and target under ``plan``, padded with each one's minimum
+    (cut once per prompt, not once per query tile)."""
+    image = extract(prompt.image, plan, fill=float(np.min(prompt.image)))
+    target = extract(prompt.target, plan, fill=np.min(prompt.target))
+    return image, target

@@ -6,7 +6,7 @@ a 1.4 s job). A child process computes at full speed, a crash or CUDA out-of-mem
 take Slicer down, and Cancel works at once (terminate, then kill).
 
 How: the job's arrays are written into a private temporary folder, the child runs with
-``--progress json`` (one JSON event per stdout line, see ``MVGCore.predict.emit_event``), and its
+``--progress json`` (one JSON event per stdout line, see :mod:`MVGCore.predict.progress`), and its
 stdout and stderr go to a log file in that folder. :meth:`ModelRun.poll` reads the lines added
 since the last call and never waits, so the Widget can call it from a QTimer; a file, unlike a
 pipe, never fills up and blocks the child, and needs no reader thread (which would starve like
