@@ -25,7 +25,7 @@ import torch
 from scipy import ndimage
 
 from benchmarks.common import environment, print_table, write_json
-from benchmarks.predict_memory import _volume as ct_like_volume
+from benchmarks.predict_memory import ct_like_volume
 from MVGCore.predict import Predictor
 from MVGCore.types import Prompt
 

@@ -27,7 +27,7 @@ MB = 1024 * 1024
 TASKS = ("segment", "denoise")
 
 
-def _volume(shape: tuple[int, int, int]) -> np.ndarray:
+def ct_like_volume(shape: tuple[int, int, int]) -> np.ndarray:
     """Air around a soft-tissue disc with a brighter organ, plus noise; built one slice at a time."""
     k, rows, cols = shape
     volume = np.empty(shape, dtype=np.int16)
@@ -55,7 +55,7 @@ def measure(task: str, shape: tuple[int, int, int], preset: str, batch_size: int
 
     torch.manual_seed(0)
     predictor = Predictor(MVGModel(config_for(preset)), device=device, batch_size=batch_size)
-    volume = _volume(shape)
+    volume = ct_like_volume(shape)
     middle = shape[0] // 2
     label = (volume[middle] > 80).astype(np.uint8)
     prompts = [Prompt.from_volume(volume, middle, label)] if task == "segment" else None

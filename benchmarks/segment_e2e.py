@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import environment, has_simpleitk, print_table, synchronize, write_json
-from benchmarks.predict_memory import _volume as ct_like_volume
+from benchmarks.predict_memory import ct_like_volume
 from MVGCore.config import config_for
 from MVGCore.model import MVGModel
 from MVGCore.predict import Predictor
