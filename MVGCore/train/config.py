@@ -159,7 +159,6 @@ class TrainConfig:
                 problems.append(
                     f"mask_ar maps tasks of {list(TASKS)} to chances in [0, 1], got {task}: {chance}"
                 )
-        problems += _option_problems(self.val_volume_options)
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.model_config()  # unknown or inconsistent model overrides fail here, not mid-run
