@@ -80,9 +80,9 @@ def build_methods(
 
     The model is "mvg" when there is one of each, else "mvg-<mode>" and/or "mvg[key=value,...]"
     (``variants`` are extra Predictor options, e.g. ``{"adapt_steps": 30}`` or ``{"zoom": "whole"}``,
-    to compare in one run). A variant that adapts answers only the tasks adaptation applies to.
+    to compare in one run). A variant answers only the tasks that take all its options
+    (``MVGCore.predict.task_options``): one that adapts, segment and denoise; one that zooms, segment.
     """
-    from ..adapt import ADAPT_TASKS
     from ..baselines import ClassicalBaseline
 
     for ensemble in ensembles:
@@ -92,7 +92,7 @@ def build_methods(
         raise ValueError("comparing ensembles needs k_prompts >= 2 (with one prompt they are identical)")
     methods = []
     if predictor is not None:
-        from ..predict import Options
+        from ..predict import Options, task_options
 
         for variant in variants:
             Options.parse(variant)  # unknown or invalid options fail here, before any case runs
@@ -102,7 +102,7 @@ def build_methods(
                 if len(variants) > 1 and variant:
                     name += "[" + ",".join(f"{k}={v}" for k, v in sorted(variant.items())) + "]"
                 options = {"k_prompts": k_prompts, "ensemble": ensemble, **variant}
-                tasks = ADAPT_TASKS if variant.get("adapt_steps") else TASKS
+                tasks = tuple(t for t in TASKS if set(variant) <= set(task_options(t)))
                 methods.append(Method(name, predictor, options, model=True, tasks=tasks))
     for name in baselines:
         if name not in BASELINES:

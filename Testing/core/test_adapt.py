@@ -170,6 +170,7 @@ def test_evaluate_compares_model_variants_by_name(checkpoint):
     assert [m.name for m in methods if m.model] == ["mvg", "mvg[adapt_steps=30]", "mvg[zoom=whole]"]
     assert methods[1].options["adapt_steps"] == 30 and methods[1].model
     assert methods[1].tasks == ("segment", "denoise") and "inpaint" in methods[0].tasks
+    assert methods[2].tasks == ("segment",)  # only segmentation takes zoom; the others would refuse it
     with pytest.raises(TypeError, match="unknown Predictor option"):
         build_methods(predictor, [], variants=[{"adapt": 3}])
 
