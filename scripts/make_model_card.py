@@ -523,7 +523,7 @@ def shared_images(records: list[dict], train_lists: list[list[str]]) -> dict[str
     stage (e.g. one scan with several atlases): such a case is not held out from the model's history."""
     from MVGCore.data import open_samples
 
-    known = {f"{s}/{x.name}" for s in open_samples.SOURCES for x in open_samples._SAMPLES[s]}
+    known = set(open_samples.all_case_ids())
     trained = sorted({c for cases in train_lists for c in cases if c in known})
     image_of = {f"{c.dataset}/{c.case_id}": c.images[0] for c in open_samples.select(trained)}
     result = {}

@@ -207,14 +207,17 @@ def cases(sources: Sequence[str] = DEFAULT_SOURCES, cache: Path | None = None) -
     return result
 
 
+def all_case_ids() -> list[str]:
+    """Every open sample as ``"source/name"``, the form :func:`select` takes."""
+    return [f"{s}/{x.name}" for s in _SAMPLES for x in _SAMPLES[s]]
+
+
 def select(case_ids: Sequence[str], cache: Path | None = None) -> list[Case]:
     """The Cases named ``"source/name"`` (e.g. a validation split), in the order given."""
     wanted = [case_id.partition("/") for case_id in case_ids]
-    unknown = [
-        f"{s}/{n}" for s, _, n in wanted if s not in _SAMPLES or n not in {x.name for x in _SAMPLES[s]}
-    ]
+    known = all_case_ids()
+    unknown = [f"{s}/{n}" for s, _, n in wanted if f"{s}/{n}" not in known]
     if unknown:
-        known = [f"{s}/{x.name}" for s in _SAMPLES for x in _SAMPLES[s]]
         raise ValueError(f"unknown open sample(s) {unknown}; known: {known}")
     by_id = {(c.dataset, c.case_id): c for c in cases(sorted({s for s, _, _ in wanted}), cache)}
     return [by_id[(s, n)] for s, _, n in wanted]

@@ -120,4 +120,4 @@ def sidecar_config(path: Path) -> MVGConfig:
     meta = json.loads(side.read_text())
     if "config" not in meta:
         raise ValueError(f"{side} has no 'config'; pass config=MVGConfig(...)")
-    return MVGConfig.from_dict(meta["config"])
+    return MVGConfig.from_dict(meta["config"], source=str(side))

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from MVGCore.config import PRESETS, MVGConfig, config_for
+from MVGCore.config import RETIRED as RETIRED_MODEL_FIELDS
 from MVGCore.retired import drop_retired
 from MVGCore.types import TASKS
 
@@ -180,8 +181,9 @@ class TrainConfig:
         return dict.fromkeys(self.tasks, 1.0)
 
     def model_config(self) -> MVGConfig:
+        overrides = drop_retired(self.model_overrides, RETIRED_MODEL_FIELDS, "model_overrides")
         try:
-            return config_for(self.model, **self.model_overrides)
+            return config_for(self.model, **overrides)
         except TypeError as error:
             known = sorted(f.name for f in dataclasses.fields(MVGConfig))
             raise ValueError(

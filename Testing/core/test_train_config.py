@@ -123,6 +123,17 @@ def test_a_config_naming_the_retired_segment_change_weight_loads_only_with_its_s
         load_config(path)
 
 
+def test_model_overrides_naming_the_retired_carry_prompt_load_only_with_its_surviving_value(tmp_path, caplog):
+    path = tmp_path / "c.yaml"
+    path.write_text("phantoms: 2\nmodel_overrides: {carry_prompt: false, depth: 2, feature_blocks: [1]}\n")
+    with caplog.at_level(logging.INFO, logger="MVGCore.retired"):
+        assert load_config(path).model_config().depth == 2
+    assert "model_overrides: dropped the retired setting carry_prompt=False" in caplog.text
+    path.write_text("phantoms: 2\nmodel_overrides: {carry_prompt: true}\n")
+    with pytest.raises(ValueError, match=r"c\.yaml: model_overrides: carry_prompt=True was retired"):
+        load_config(path)
+
+
 @pytest.mark.parametrize("weight", [1.0, 5.0])
 def test_resuming_a_run_whose_config_names_segment_change_weight(tmp_path, capsys, weight):
     """A run folder keeps the config it started with: with the surviving value it resumes as the
