@@ -1,5 +1,5 @@
 """Why denoise calibration is fitted in the window and only on given prompts: two measurements on
-the bundled sample CT (``python scripts/probe_denoise_calibration.py [--checkpoint PATH]``).
+the bundled sample CT (``python research/scripts/probe_denoise_calibration.py [--checkpoint PATH]``).
 
 1. Two given prompts whose clean targets are raw HU (air at -1024, far below the CT window):
    PSNR of the model's answer, of the calibrated answer and of the noisy input.
