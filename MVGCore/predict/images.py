@@ -56,9 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MakeJob = Callable[[np.ndarray, Sequence[Prompt], "np.ndarray | None"], Job]
-"""Builds the job of one part (the volume, or one tile position of it) from its prompts and hole."""
-
 
 @dataclass(frozen=True)
 class Images:
@@ -129,18 +126,15 @@ def denoise(
     in_range = options_range(sample(volume), opts)
     ranges = [prompt_range(p, in_range, opts) for p in prompts or ()]
 
-    def job(part: np.ndarray, part_prompts: Sequence[Prompt], _: np.ndarray | None) -> Job:
-        return _image_job(
-            predictor,
-            "denoise",
-            part,
-            part_prompts,
-            axis,
-            opts,
-            in_range,
-            ranges,
-            own_prompts=lambda j: self_made.noise_examples(j, opts.auto_prompts, opts.seed),
-        )
+    jobs = ImageJobs(
+        predictor,
+        "denoise",
+        axis,
+        opts,
+        in_range,
+        ranges,
+        own_prompts=lambda job: self_made.noise_examples(job, opts.auto_prompts, opts.seed),
+    )
 
     adaptation = None
     if opts.adapt_steps:
@@ -151,9 +145,7 @@ def denoise(
             settings,
             [(r.normalize(p.image), r.normalize(p.target)) for p, r in zip(prompts, ranges)],
         )
-    result = _run(
-        predictor, volume, axis, prompts or [], None, in_range, opts, job, progress, cancel, adaptation
-    )
+    result = _run(jobs, volume, prompts or [], None, progress, cancel, adaptation)
     if opts.calibrate != "blend" or opts.adapt_steps:
         return result
     if prompts:
@@ -230,21 +222,16 @@ def inpaint(
     in_range = options_range(sample(volume), opts)
     ranges = [prompt_range(p, in_range, opts) for p in prompts or ()]
 
-    def job(part: np.ndarray, part_prompts: Sequence[Prompt], part_hole: np.ndarray | None) -> Job:
-        return _image_job(
-            predictor,
-            "inpaint",
-            part,
-            part_prompts,
-            axis,
-            opts,
-            in_range,
-            ranges,
-            hole=part_hole,
-            own_prompts=lambda j: self_made.hole_examples(j, part_hole, opts.auto_prompts),
-        )
-
-    return _run(predictor, volume, axis, prompts or [], hole, in_range, opts, job, progress, cancel)
+    jobs = ImageJobs(
+        predictor,
+        "inpaint",
+        axis,
+        opts,
+        in_range,
+        ranges,
+        own_prompts=lambda job: self_made.hole_examples(job, job.kind.hole, opts.auto_prompts),
+    )
+    return _run(jobs, volume, prompts or [], hole, progress, cancel)
 
 
 def synthesize(
@@ -269,23 +256,15 @@ def synthesize(
     )
     ranges = [prompt_range(p, in_range, opts) for p in prompts]
 
-    def job(part: np.ndarray, part_prompts: Sequence[Prompt], _: np.ndarray | None) -> Job:
-        return _image_job(
-            predictor, "synthesize", part, part_prompts, axis, opts, in_range, ranges, out_range
-        )
-
-    return _run(predictor, volume, axis, prompts, None, in_range, opts, job, progress, cancel)
+    jobs = ImageJobs(predictor, "synthesize", axis, opts, in_range, ranges, out_range)
+    return _run(jobs, volume, prompts, None, progress, cancel)
 
 
 def _run(
-    predictor: Predictor,
+    jobs: ImageJobs,
     volume: np.ndarray,
-    axis: int,
     prompts: Sequence[Prompt],
     hole: np.ndarray | None,
-    in_range: IntensityRange,
-    opts: Options,
-    make_job: MakeJob,
     progress: ProgressFn | None,
     cancel: CancelToken | None,
     adaptation: tuple[AdaptSettings, list[tuple[np.ndarray, np.ndarray]]] | None = None,
@@ -297,8 +276,9 @@ def _run(
     tuned on them (:func:`MVGCore.predict.engine.adapted`) and answers every tile; its steps come
     first in the progress count.
     """
+    predictor, axis, opts = jobs.predictor, jobs.axis, jobs.opts
     if opts.image_scale == "fit":
-        return engine.run(predictor, make_job(volume, prompts, hole), progress, cancel)
+        return engine.run(predictor, jobs.job(volume, prompts, hole), progress, cancel)
     size = predictor.config.tile_size
     overlap = size // 4 if opts.tile_overlap is None else min(opts.tile_overlap, size - 1)
     plan = tiling.plan_tiles(plane_shape(volume.shape, axis), size, overlap)
@@ -313,11 +293,11 @@ def _run(
         tile_progress = None
         if progress is not None:
             tile_progress = lambda done, total: progress(n * total + done, len(plan) * total)  # noqa: E731
-        job = make_job(part, part_prompts, part_hole)
+        job = jobs.job(part, part_prompts, part_hole)
         job.model = tuned
         return engine.run(predictor, job, tile_progress, cancel)
 
-    results = tiling.run_tiled(volume, axis, prompts, hole, plan, in_range.low, run_part)
+    results = tiling.run_tiled(volume, axis, prompts, hole, plan, jobs.in_range.low, run_part)
     return tuple(results) if len(results) > 1 else results[0]
 
 
@@ -328,33 +308,36 @@ def _offset_progress(progress: ProgressFn | None, before: int) -> ProgressFn | N
     return lambda done, total: progress(before + done, before + total)
 
 
-def _image_job(
-    predictor: Predictor,
-    task: str,
-    part: np.ndarray,
-    part_prompts: Sequence[Prompt],
-    axis: int,
-    opts: Options,
-    in_range: IntensityRange,
-    ranges: Sequence[IntensityRange],
-    out_range: IntensityRange | None = None,
-    hole: np.ndarray | None = None,
-    own_prompts: Callable[[Job], list[Example]] | None = None,
-) -> Job:
-    """The job of an image task on ``part``: the given prompts as examples (``ranges`` scale
-    their images; ``out_range``, default the input's, their targets and the output), or, when
-    none are given, the examples ``own_prompts`` makes for the part's job."""
-    spacing = plane_spacing(opts.spacing, axis)
-    size = predictor.config.tile_size
-    fit = plan_fit(plane_shape(part.shape, axis), size, spacing)
-    kind = Images(in_range if out_range is None else out_range, hole)
-    job = Job(part, axis, opts, in_range, [], {}, fit, spacing, task, kind, size)
-    if not part_prompts and own_prompts is not None:
-        job.examples = own_prompts(job)
-    else:
-        job.kept = kept_targets(part_prompts, part.shape, axis)
-        job.examples = [_image_example(job, n, p, ranges[n], out_range) for n, p in enumerate(part_prompts)]
-    return job
+@dataclass(frozen=True)
+class ImageJobs:
+    """How an image task makes the job of each part it runs on (the volume, or one tile position
+    of it): the given prompts as examples (``ranges`` scale their images; ``out_range``, default
+    the input's, their targets and the output), or, when none are given, the examples
+    ``own_prompts`` makes for the part's job."""
+
+    predictor: Predictor
+    task: str
+    axis: int
+    opts: Options
+    in_range: IntensityRange
+    ranges: Sequence[IntensityRange]
+    out_range: IntensityRange | None = None
+    own_prompts: Callable[[Job], list[Example]] | None = None
+
+    def job(self, part: np.ndarray, part_prompts: Sequence[Prompt], hole: np.ndarray | None) -> Job:
+        spacing = plane_spacing(self.opts.spacing, self.axis)
+        size = self.predictor.config.tile_size
+        fit = plan_fit(plane_shape(part.shape, self.axis), size, spacing)
+        kind = Images(self.in_range if self.out_range is None else self.out_range, hole)
+        job = Job(part, self.axis, self.opts, self.in_range, [], {}, fit, spacing, self.task, kind, size)
+        if not part_prompts and self.own_prompts is not None:
+            job.examples = self.own_prompts(job)
+        else:
+            job.kept = kept_targets(part_prompts, part.shape, self.axis)
+            job.examples = [
+                _image_example(job, n, p, self.ranges[n], self.out_range) for n, p in enumerate(part_prompts)
+            ]
+        return job
 
 
 def _image_example(
