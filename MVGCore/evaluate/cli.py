@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..cli import add_debug_flag
 from ..degrade import HOLE_MODELS, NOISE_MODELS
-from ..predict import ENSEMBLES
+from ..predict import ENSEMBLES, Options
 from ..types import TASKS
 from .harness import evaluate
 from .methods import BASELINES, PEERS, build_methods
@@ -47,14 +47,43 @@ PROG = "python -m MVGCore.evaluate"
 
 
 def _options_json(text: str) -> dict[str, Any]:
-    """A ``--model-options`` value: a JSON object of Predictor options."""
+    """A ``--model-options`` value: a JSON object of Predictor options, checked here.
+
+    ``Options.parse`` refuses an unknown key with a ``TypeError`` (right for the Python API, a
+    traceback on the command line); read here, the error names the flag and the key before any
+    model or case is loaded.
+    """
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"not JSON ({error.msg}): {text!r}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object of Predictor options, got {text!r}")
+    try:
+        Options.parse(value)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{text}: {error}") from None
     return value
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``.
+
+    A count below it would not fail but quietly mean something else (``--max-cases -1`` cut the
+    list to all cases but the last), or fail late without naming the flag (``--seed -1`` deep in
+    numpy); read here, the error names the flag before anything is loaded.
+    """
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return count
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,8 +104,10 @@ def _parser() -> argparse.ArgumentParser:
         "--baselines", nargs="+", default=[], choices=sorted(BASELINES), help="baselines to run"
     )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--prompts", type=int, default=3, help="prompt slices per case (default 3)")
-    parser.add_argument("--k-prompts", type=int, default=1, help="prompts the model sees per query slice")
+    parser.add_argument("--prompts", type=_count(1), default=3, help="prompt slices per case (default 3)")
+    parser.add_argument(
+        "--k-prompts", type=_count(1), default=1, help="prompts the model sees per query slice"
+    )
     parser.add_argument(
         "--ensemble", nargs="+", default=["average"], choices=ENSEMBLES, help="give both to compare"
     )
@@ -89,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         help="extra Predictor options per model variant, e.g. '{}' '{\"adapt_steps\": 30}' to compare",
     )
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2))
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and holes")
+    parser.add_argument("--seed", type=_count(0), default=0, help="seed of the noise and holes")
     parser.add_argument("--noise", default="gaussian", choices=sorted(NOISE_MODELS))
     parser.add_argument(
         "--noise-level", type=float, default=0.05, help="level of --noise (see MVGCore.degrade)"
@@ -104,9 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-peers", action="store_true", help=f"leave out the quick peers {', '.join(PEERS)}"
     )
-    parser.add_argument("--max-cases", type=int, help="evaluate only the first N cases")
+    parser.add_argument("--max-cases", type=_count(1), help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=_count(1), default=8)
     parser.add_argument("--allow-pickle", action="store_true", help="allow a trusted pickle checkpoint")
     parser.add_argument("--quiet", action="store_true")
     add_debug_flag(parser)

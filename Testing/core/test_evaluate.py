@@ -236,3 +236,41 @@ def test_single_images_without_donors_or_asked_to_skip_are_skipped_with_a_reason
     assert "--single-images skip" in caplog.text
     with pytest.raises(ValueError, match="single_images must be one of"):
         Settings(single_images="crops")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--max-cases", "-1", "at least 1, got -1"),  # used to drop the last case, silently (issue 37)
+        ("--max-cases", "0", "at least 1, got 0"),
+        ("--prompts", "0", "at least 1, got 0"),
+        ("--k-prompts", "0", "at least 1, got 0"),
+        ("--seed", "-1", "at least 0, got -1"),
+        ("--batch-size", "0", "at least 1, got 0"),
+        ("--max-cases", "2.5", "a whole number >= 1, got '2.5'"),
+    ],
+)
+def test_count_options_are_bounded_while_the_command_line_is_read(tmp_path, capsys, flag, value, expected):
+    """The data path does not exist: an error about it would mean the count was checked too late."""
+    argv = ["--baselines", "classical", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, flag, value])
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert exit_info.value.code == 2 and len(errors) == 1
+    assert f"argument {flag}: " in errors[0] and expected in errors[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unknown_model_option_is_one_line_naming_the_flag_and_key(dataset, checkpoint, tmp_path, capsys):
+    """It used to be a TypeError from Predictor options, shown as a traceback (issue 37)."""
+    from MVGCore import cli
+
+    argv = ["--checkpoint", str(checkpoint), "--data", str(dataset), "--out", str(tmp_path / "r")]
+    argv += ["--model-options", "{}", '{"adaptsteps": 3, "zoom": "whole"}', "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(main, "evaluate", argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert exit_info.value.code == 2 and len(errors) == 1
+    assert "argument --model-options: " in errors[0] and "'adaptsteps'" in errors[0]
+    assert "known options are" in errors[0] and "'zoom'" not in errors[0].split("known")[0]
+    assert not (tmp_path / "r").exists()
