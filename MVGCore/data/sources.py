@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 IMAGE_TASKS = ("denoise", "inpaint")
 """Tasks every clean image supports: the degraded input is made on the fly."""
 
+MANIFEST_KEYS = ("cases", "license", "modality", "name")
+"""Keys a manifest may hold at its top level (docs/data.md); any other is refused, not skipped."""
+CASE_KEYS = ("dataset", "id", "image", "label", "license", "modality", "target", "task", "tasks")
+"""Keys a manifest case may hold: a misspelt ``lable`` dropped silently would cost the case its
+label and its segment task, so an unknown key is an error naming the file and the known keys."""
+
 _MR_CHANNELS = re.compile(r"^(mri?|t1|t2|flair|pd|adc|dwi|swi|t1c|t1ce|t1gd|t1w|t2w|dce|hbv|perfusion)", re.I)
 
 
@@ -190,7 +196,7 @@ def load_manifest(path: str | Path) -> list[Case]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path, "manifest ")
     try:
         if path.suffix.lower() == ".json":
             manifest = json.loads(text)
@@ -200,12 +206,14 @@ def load_manifest(path: str | Path) -> list[Case]:
         raise ValueError(f"cannot parse manifest {path}: {error}") from error
     if not isinstance(manifest, dict) or not isinstance(manifest.get("cases"), list) or not manifest["cases"]:
         raise ValueError(f"manifest {path}: expected a mapping with a non-empty 'cases' list")
+    _check_keys(manifest, MANIFEST_KEYS, f"manifest {path}")
     dataset = str(manifest.get("name") or path.stem)
     cases = []
     for number, entry in enumerate(manifest["cases"]):
         where = f"manifest {path}, case {number}"
         if not isinstance(entry, dict) or "image" not in entry:
             raise ValueError(f"{where}: each case needs an 'image'")
+        _check_keys(entry, CASE_KEYS, where)
         images = tuple(_manifest_path(path, p) for p in _as_list(entry["image"]))
         modalities = _as_list(entry.get("modality", manifest.get("modality")))
         if modalities == [None]:
@@ -305,12 +313,34 @@ def _read_dataset_json(root: Path) -> dict:
     if not file.is_file():
         raise FileNotFoundError(f"{root} is not a dataset folder: it has no dataset.json")
     try:
-        description = json.loads(file.read_text(encoding="utf-8"))
+        description = json.loads(_read_text(file))
     except ValueError as error:
         raise ValueError(f"cannot parse {file}: {error}") from error
     if not isinstance(description, dict):
         raise ValueError(f"{file}: expected a JSON object")
     return description
+
+
+def _read_text(file: Path, what: str = "") -> str:
+    """The UTF-8 text of ``file``; a binary or wrongly encoded file is named (a bare
+    UnicodeDecodeError says which byte failed, not in which file)."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{what}{file} is not UTF-8 text (byte {error.start} cannot be decoded); is it the right file?"
+        ) from None
+
+
+def _check_keys(mapping: dict, known: tuple[str, ...], where: str) -> None:
+    """Refuse keys of ``mapping`` not in ``known`` (``where`` names the file and case)."""
+    unknown = [str(key) for key in mapping if key not in known]
+    if unknown:
+        names = ", ".join(repr(key) for key in unknown)
+        raise ValueError(
+            f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {names}; "
+            f"known keys are {', '.join(repr(key) for key in known)}"
+        )
 
 
 def _split_channels(image: Path, channels: int, split_dir: Path | None, dataset: str) -> tuple[Path, ...]:

@@ -169,6 +169,41 @@ def test_manifest_json_errors_name_the_case(tmp_path):
         load_manifest(manifest)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "cases:\n  - {image: ct.nrrd, lable: ct_label.nrrd, modality: CT}\n",
+            r"manifest\.yaml, case 0: unknown key 'lable'; known keys are .*'label'",
+        ),
+        (
+            "modality: CT\nlicence: CC0\ncases:\n  - {image: ct.nrrd}\n",
+            r"manifest\.yaml: unknown key 'licence'; known keys are .*'license'",
+        ),
+    ],
+)
+def test_manifest_refuses_a_misspelt_key_naming_the_file_and_the_known_keys(tmp_path, text, expected):
+    """A misspelt 'label' used to be dropped silently: the case lost its label and its segment task."""
+    _image(tmp_path / "ct.nrrd")
+    _label(tmp_path / "ct_label.nrrd")
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(text)
+    with pytest.raises(ValueError, match=rf"manifest .*{expected}"):
+        load_manifest(manifest)
+
+
+def test_a_manifest_or_dataset_json_that_is_not_text_is_named(tmp_path):
+    manifest = tmp_path / "binary.yaml"
+    manifest.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01")
+    with pytest.raises(ValueError, match=r"manifest .*binary\.yaml is not UTF-8 text"):
+        load_cases(manifest)
+    root = tmp_path / "Dataset001"
+    root.mkdir()
+    (root / "dataset.json").write_bytes(b'{"name": "\xff\xfe"}')
+    with pytest.raises(ValueError, match=r"Dataset001.dataset\.json is not UTF-8 text"):
+        load_cases(root)
+
+
 def _case(tmp_path, label=None, target=None):
     image = _image(tmp_path / "img.nrrd") if not (tmp_path / "img.nrrd").exists() else tmp_path / "img.nrrd"
     tasks = ("segment",) if label else ("denoise",)
