@@ -33,6 +33,17 @@ SAMPLE_LABEL = REPO / "Resources" / "SampleData" / "MVGSampleLungCT_label.nrrd"
 NOISE_HU = 30.0  # 0.1 of the paper's CT window, the range the model and the metrics work in
 IMAGE_SLICES = 5  # the middle slices used for the image tasks
 HOLE = 24  # pixels
+OUTPUT_FILES = (
+    "segmentation_model.nrrd",
+    "segmentation_baseline.nrrd",
+    "noisy.nrrd",
+    "denoised_model.nrrd",
+    "inpainted_model.nrrd",
+    "demo.png",
+    "results.json",
+)
+"""Every file :func:`run_demo` writes; a run of the command that does not finish removes these
+(and the folders it made), so neither an empty nor a half-made result folder is left behind."""
 
 
 @dataclass
@@ -78,6 +89,29 @@ def new_output_folder(base: Path) -> Path:
         candidate = base.with_name(f"{base.name}_{n}")
     candidate.mkdir(parents=True)
     return candidate
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: the folders a
+    ``mkdir(parents=True)`` of ``path`` would make, so only those are ever removed again."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def remove_unfinished(out: Path, made: list[Path]) -> None:
+    """Remove what an unfinished run left in ``out``: the demo's own files, then each folder of
+    ``made`` (deepest first) that is empty by then. A file the demo did not write keeps its folder."""
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else is in it, so it stays with its parents
+            return
 
 
 def run_demo(model: str | Path | Predictor, out: Path, device: str = "auto") -> DemoResult:
@@ -224,8 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from MVGCore.predict import Predictor
 
     predictor = Predictor.from_checkpoint(args.model, device=args.device)  # before any folder is made
+    made_parents = missing_folders(args.out.parent)
     out = new_output_folder(args.out)
-    result = run_demo(predictor, out)
+    try:
+        result = run_demo(predictor, out)
+    except BaseException:  # an error, Ctrl-C or SIGTERM (SystemExit): leave nothing half-made
+        remove_unfinished(out, [out, *made_parents])
+        raise
     print(format_result(result))
     return 0
 
