@@ -12,7 +12,7 @@ Outputs are always NEW nodes (and new files); a file that exists already is neve
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,19 @@ OUTPUT_SUFFIXES = {
 """Single-file formats Slicer writes for each kind of output node, so a write is one rename.
 
 A name that does not fit its node is refused: Slicer would otherwise write, say, NRRD bytes into
-a file called ``.png``, which no viewer then opens."""
+a file called ``.png``, which no viewer then opens. A volume is not written under a ``.seg.nrrd``
+name either: Slicer and readers would take the float image for a segmentation."""
+
+TASK_ARGUMENTS: dict[str, dict[str, bool]] = {
+    "prompts_path": {"Segment": True, "Inpaint": True},
+    "prompt_indices": {"Segment": False, "Synthesize": True},
+    "target_path": {"Synthesize": True},
+    "hole_segment_id": {"Inpaint": False},
+}
+"""For each optional input of :func:`process_file`, the tasks that use it (True: the task needs it).
+
+An input given to a task that does not use it is refused, not ignored: a user who gave Denoise
+prompts expects them to count, and a silent run would hide the mistake."""
 
 
 class SceneProcessor:
@@ -133,13 +145,34 @@ def output_kind(task: str) -> str:
     return "segmentation" if task == "Segment" else "volume"
 
 
+def check_task_arguments(task: str, given: Mapping[str, Any], names: Mapping[str, str] | None = None) -> None:
+    """Refuse an input ``task`` does not use, or the lack of one it needs (``TASK_ARGUMENTS``).
+
+    ``given`` maps :func:`process_file`'s argument names to their values (None: not given);
+    ``names`` maps them to what the user typed (the batch command line's flags), for the message.
+    """
+    names = names or {}
+    for argument, tasks in TASK_ARGUMENTS.items():
+        if given.get(argument) is not None and task not in tasks:
+            raise ValueError(
+                f"{names.get(argument, argument)} is not used by task {task} "
+                f"(only by {' and '.join(tasks)}); leave it out"
+            )
+    for argument, tasks in TASK_ARGUMENTS.items():
+        if given.get(argument) is None and tasks.get(task, False):
+            raise ValueError(f"task {task} needs {names.get(argument, argument)}")
+
+
 def check_output(path: str | Path, kind: str) -> Path:
     """``path`` if a ``kind`` node ("segmentation" or "volume") can be written there as a new file."""
     path = Path(path)
     suffixes = OUTPUT_SUFFIXES[kind]
-    if not path.name.lower().endswith(suffixes):
+    name = path.name.lower()
+    segmentation_name = kind == "volume" and name.endswith(".seg.nrrd")
+    if segmentation_name or not name.endswith(suffixes):
+        why = ".seg.nrrd is a segmentation name; " if segmentation_name else ""
         raise ValueError(
-            f"output {path}: a {kind} is written as {' or '.join(suffixes)}; rename it to one of those"
+            f"output {path}: {why}a {kind} is written as {' or '.join(suffixes)}; rename it to one of those"
         )
     if path.exists():
         raise FileExistsError(f"output file exists already, not overwriting it: {path}")
@@ -168,31 +201,32 @@ def process_file(
     """
     if task not in pipeline.TASKS:
         raise ValueError(f"task must be one of {pipeline.TASKS}, got {task!r}")
-    check_output(output_path, output_kind(task))  # before any work
+    inputs = {
+        "prompts_path": prompts_path,
+        "prompt_indices": prompt_indices,
+        "target_path": target_path,
+        "hole_segment_id": hole_segment_id,
+    }
+    check_task_arguments(task, inputs)  # before any work
+    check_output(output_path, output_kind(task))
     for name, given in (("input", input_path), ("prompts", prompts_path), ("target", target_path)):
         if given is not None and os.path.abspath(given) == os.path.abspath(output_path):
             raise ValueError(f"output {output_path} is the {name} file; choose a new file")
     processor = SceneProcessor(scene, engine)
     volume = load_volume(volumes_logic, input_path)
     if task == "Segment":
-        prompts = load_segmentation(segmentations_logic, _required(prompts_path, "prompts_path", task))
+        prompts = load_segmentation(segmentations_logic, prompts_path)
         result = processor.segment(volume, prompts, prompt_indices, axis)
     elif task == "Denoise":
         result = processor.denoise(volume, axis)
     elif task == "Inpaint":
-        holes = load_segmentation(segmentations_logic, _required(prompts_path, "prompts_path", task))
+        holes = load_segmentation(segmentations_logic, prompts_path)
         hole_id = hole_segment_id or holes.GetSegmentation().GetNthSegmentID(0)
         result = processor.inpaint(volume, holes, hole_id, axis)
     else:  # Synthesize, the last of pipeline.TASKS (checked above)
-        target = load_volume(volumes_logic, _required(target_path, "target_path", task))
-        result = processor.synthesize(volume, target, _required(prompt_indices, "prompt_indices", task), axis)
+        target = load_volume(volumes_logic, target_path)
+        result = processor.synthesize(volume, target, prompt_indices, axis)
     return save_node(result, output_path)
-
-
-def _required(value: Any, name: str, task: str) -> Any:
-    if value is None:
-        raise ValueError(f"task {task} needs {name}")
-    return value
 
 
 def _stem(path: Path) -> str:

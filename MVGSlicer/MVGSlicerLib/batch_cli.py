@@ -26,6 +26,13 @@ from MVGSlicerLib import batch, engine, models, pipeline
 from MVGSlicerLib.simple_engine import SimpleEngine
 
 PROG = "MVGSlicer batch"
+FLAGS = {
+    "prompts_path": "--prompts",
+    "prompt_indices": "--slices",
+    "target_path": "--target",
+    "hole_segment_id": "--hole-segment",
+}
+"""The flag of each optional input of :func:`batch.process_file`, so its errors name what was typed."""
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -68,6 +75,8 @@ def main(
 
     def process(argv: list[str]) -> int:
         args = parse_args(argv)
+        given = {name: getattr(args, flag[2:].replace("-", "_")) for name, flag in FLAGS.items()}
+        batch.check_task_arguments(args.task, given, FLAGS)  # a flag the task ignores, before any work
         batch.check_output(args.output, batch.output_kind(args.task))  # before the model is loaded
         runner = engine_factory(args)
         output = batch.process_file(

@@ -244,8 +244,8 @@ def test_batch_refuses_an_output_name_that_does_not_fit_the_node(
     input_path = batch.save_node(volume, tmp_path / "ct.nrrd")
     prompts_path = batch.save_node(seg, tmp_path / "prompts.seg.nrrd")
     before = sorted(p.name for p in tmp_path.iterdir())
-    argv = ["--task", task, "--input", str(input_path), "--prompts", str(prompts_path)]
-    argv += ["--output", str(tmp_path / name)]
+    argv = ["--task", task, "--input", str(input_path), "--output", str(tmp_path / name)]
+    argv += ["--prompts", str(prompts_path)] if task == "Segment" else []  # Denoise takes none
     engine_made = []
     status = batch_cli.main(
         argv, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: engine_made.append(1) or SimpleEngine()
@@ -256,6 +256,52 @@ def test_batch_refuses_an_output_name_that_does_not_fit_the_node(
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing left
     with pytest.raises(ValueError, match="a segmentation is written as"):
         batch.save_node(seg, tmp_path / "direct.png")
+
+
+@pytest.mark.parametrize(
+    ("task", "extra", "expected"),
+    [
+        ("Denoise", ["--prompts", "PROMPTS"], "--prompts is not used by task Denoise"),
+        ("Denoise", ["--slices", "1", "4"], "--slices is not used by task Denoise"),
+        ("Denoise", ["--target", "INPUT"], "--target is not used by task Denoise"),
+        ("Segment", ["--hole-segment", "liver"], "--hole-segment is not used by task Segment"),
+        ("Inpaint", ["--prompts", "PROMPTS", "--slices", "1"], "--slices is not used by task Inpaint"),
+        ("Synthesize", ["--target", "INPUT", "--slices", "1", "--prompts", "PROMPTS"], "--prompts is not"),
+        ("Segment", [], "task Segment needs --prompts"),
+        ("Synthesize", ["--target", "INPUT"], "task Synthesize needs --slices"),
+    ],
+)
+def test_batch_refuses_a_flag_its_task_does_not_use(mrml, tmp_path, capsys, task, extra, expected):
+    """Denoise given --prompts used to ignore them silently (issue 37); refused before any work."""
+    volume, seg, _, _ = _scene_with_prompts(mrml, np.diag([-0.8, -1.25, 3.0, 1.0]))
+    input_path = batch.save_node(volume, tmp_path / "ct.nrrd")
+    prompts_path = batch.save_node(seg, tmp_path / "prompts.seg.nrrd")
+    named = {"PROMPTS": str(prompts_path), "INPUT": str(input_path)}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    output = "out.seg.nrrd" if task == "Segment" else "out.nrrd"
+    argv = ["--task", task, "--input", str(input_path), "--output", str(tmp_path / output)]
+    argv += [named.get(item, item) for item in extra]
+    engine_made = []
+    status = batch_cli.main(
+        argv, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: engine_made.append(1) or SimpleEngine()
+    )
+    error = capsys.readouterr().err
+    assert status == 2 and len(error.strip().splitlines()) == 1 and not engine_made, error
+    assert expected in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_image_output_under_a_segmentation_name_is_refused(mrml, tmp_path, capsys):
+    """A float volume written as name.seg.nrrd looks like a segmentation it is not (issue 37)."""
+    volume, _, _, _ = _scene_with_prompts(mrml, np.diag([-0.8, -1.25, 3.0, 1.0]))
+    input_path = batch.save_node(volume, tmp_path / "ct.nrrd")
+    argv = ["--task", "Denoise", "--input", str(input_path), "--output", str(tmp_path / "ct.seg.nrrd")]
+    status = batch_cli.main(argv, mrml.scene, mrml.volumes, mrml.segmentations, lambda _a: SimpleEngine())
+    error = capsys.readouterr().err
+    assert status == 2 and "ct.seg.nrrd" in error and "a volume is written as" in error, error
+    assert not (tmp_path / "ct.seg.nrrd").exists()
+    with pytest.raises(ValueError, match=r"\.seg\.nrrd is a segmentation name"):
+        batch.save_node(volume, tmp_path / "direct.seg.nrrd")
 
 
 def test_bundled_sample_segments_end_to_end(mrml):
