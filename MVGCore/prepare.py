@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cli
+from . import capacity, cli
 from .canvas import fit_to_tile
 from .data.sources import Case, load_cases, validate_cases
 from .data.store import StoreWriter
-from .intensity import intensity_range, parse_window
-from .io import read_labels, read_volume
+from .intensity import IntensityRange, intensity_range, parse_window
+from .io import read_geometry, read_labels, read_volume
 from .types import CancelToken, ProgressFn
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def prepare(
     cases = list(cases)
     if not cases:
         raise ValueError("prepare needs at least one case")
+    check_store_room(cases, out, size, axis, "tile size")
     info = {"created_by": "MVGCore.prepare", "window": window, "blank_contrast": BLANK_CONTRAST}
     with StoreWriter(out, size, axis, info) as writer:
         for done, case in enumerate(cases):
@@ -68,6 +69,47 @@ def prepare(
     return Path(out)
 
 
+def check_store_room(cases: Sequence[Case], out: str | Path, size: int, axis: int, option: str) -> None:
+    """Refuse, from the volumes' headers alone, a store the machine cannot hold (``option`` names
+    the setting that sizes it, e.g. ``--size``, in the message).
+
+    A tile is S x S whatever the volume's size, so a large ``size`` multiplies everything: the
+    store's rows on disk, and in memory the largest case's tiles while it is fitted (each built as
+    float32, stacked once more, then converted to float16 to be written). Without this check a
+    too-large size ran for minutes before failing inside numpy with "can't allocate memory".
+    """
+    if size < 8:
+        return  # StoreWriter refuses it, naming the tile size
+    pixels = size * size
+    slices = disk = memory = 0
+    for case in cases:
+        count = read_geometry(case.images[0])[0][axis]
+        channels = len(case.images)
+        has_label, has_target = case.label is not None, case.target is not None
+        slices += count
+        disk += count * pixels * (2 * channels + has_label + 2 * has_target)
+        memory = max(memory, count * pixels * (10 * (channels + has_target) + 3 * has_label))
+    capacity.check_room(
+        f"{option} {size} ({slices} slices of {size} x {size} pixels)",
+        memory,
+        disk,
+        Path(out).parent,
+        f"choose a smaller {option}",
+    )
+
+
+def _normalized(intensity: IntensityRange, array: np.ndarray) -> np.ndarray:
+    """``array`` in [0, 1], with its NaN and infinite voxels left NaN.
+
+    Clipping maps an infinite voxel to a plain 1.0 (or 0.0); kept NaN, it reaches the store's
+    finite check (:meth:`StoreWriter.add_case`), which names the file and the slice.
+    """
+    normalized = intensity.normalize(array)
+    if np.issubdtype(array.dtype, np.inexact):
+        normalized[~np.isfinite(array)] = np.nan
+    return normalized
+
+
 def _add_case(writer: StoreWriter, case: Case, window: str | tuple[float, float] | None) -> None:
     size, axis = writer.tile_size, writer.axis
     volumes = [read_volume(path) for path in case.images]
@@ -75,7 +117,7 @@ def _add_case(writer: StoreWriter, case: Case, window: str | tuple[float, float]
     target = _read_on_grid(case.target, volumes[0].array.shape)
     spacing = tuple(s for a, s in enumerate(volumes[0].geometry.spacing_kji) if a != axis)
     ranges = [intensity_range(v.array, m, window) for v, m in zip(volumes, case.modalities)]
-    channels = [r.normalize(v.array) for r, v in zip(ranges, volumes)]
+    channels = [_normalized(r, v.array) for r, v in zip(ranges, volumes)]
     # A target shares channel 0's modality (a clean image for a degraded one, or its pair).
     target_range = None if target is None else intensity_range(target, case.modalities[0], window)
     if label is not None:
@@ -101,7 +143,7 @@ def _add_case(writer: StoreWriter, case: Case, window: str | tuple[float, float]
                 continue
             kept["labels"].append(label_tile)
         if target is not None:
-            target_slice = target_range.normalize(np.take(target, index, axis=axis))
+            target_slice = _normalized(target_range, np.take(target, index, axis=axis))
             kept["targets"].append(fit_to_tile(target_slice, size, False, spacing)[0])
         kept["slices"].append(index)
         kept["images"].append(np.stack(tiles))
@@ -190,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .data import open_samples
 
         cases += open_samples.cases(args.open_samples) if args.open_samples else open_samples.cases()
+    if cases:  # before the labels are read in full, and named as the option the user gave
+        check_store_room(cases, args.out, args.size, args.axis, "--size")
     cases = validate_cases(cases, require_foreground=False)
     out = prepare(
         cases,

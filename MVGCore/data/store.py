@@ -166,6 +166,7 @@ class StoreWriter:
             raise ValueError(
                 f"{where}: label values must be class ids 0..255 to fit uint8, got {label.max()}"
             )
+        self._check_finite(where, slices, images, label, target, source or {})
         image_row = self._arrays["images"].append(images.reshape(n * channels, *images.shape[2:]))
         case = StoredCase(
             case_id=case_id,
@@ -181,6 +182,36 @@ class StoreWriter:
         )
         self.cases.append(case)
         return case
+
+    def _check_finite(
+        self,
+        where: str,
+        slices: tuple[int, ...],
+        images: np.ndarray,
+        label: np.ndarray | None,
+        target: np.ndarray | None,
+        source: dict[str, Any],
+    ) -> None:
+        """Refuse NaN/inf before a row is written, naming the source file and the slice.
+
+        Every writer of a store comes through :meth:`add_case`, so this is the one gate: a
+        non-finite value stored here would only surface later, as a loader worker's error in the
+        middle of training, far from the file that holds it.
+        """
+        files = list(source.get("images") or [])
+        files += [None] * (images.shape[1] - len(files))
+        parts = [(images[:, c], files[c], f"channel {c}") for c in range(images.shape[1])]
+        parts += [(rows, source.get(name), name) for name, rows in (("label", label), ("target", target))]
+        for rows, file, part in parts:
+            if rows is None or not np.issubdtype(rows.dtype, np.inexact):
+                continue
+            finite = np.isfinite(rows).reshape(rows.shape[0], -1).all(axis=1)
+            if not finite.all():
+                named = f"{file}: slice {{}}" if file else f"{where}: slice {{}} ({part})"
+                raise ValueError(
+                    f"{named.format(slices[int(np.argmin(finite))])} along axis {self.axis} holds NaN or "
+                    "infinite values; a slice store takes finite values only (replace them first)"
+                )
 
     def drop(self, case_id: str, dataset: str, slice_index: int | None, reason: str) -> None:
         """Record a slice (or, with ``slice_index=None``, a whole case) left out and why."""

@@ -7,7 +7,7 @@ import pytest
 
 from MVGCore.canvas import fit_to_tile
 from MVGCore.data import phantoms
-from MVGCore.data.sources import Case
+from MVGCore.data.sources import Case, load_cases
 from MVGCore.data.store import SliceStore, StoreWriter
 from MVGCore.intensity import normalize
 from MVGCore.io import read_volume, write_volume
@@ -157,3 +157,68 @@ def test_a_store_writer_used_outside_a_with_block_says_how_to_use_it(tmp_path):
     with pytest.raises(RuntimeError, match="is not open"):
         writer.commit()
     assert not any(tmp_path.iterdir())  # nothing was made
+
+
+# -- issue 37: non-finite voxels and a store too big for the machine ---------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_non_finite_voxels_are_refused_naming_the_file_and_the_slice(tmp_path, bad):
+    """An infinite voxel used to be clipped to 1.0 and a NaN stored as it is (predict refuses both)."""
+    case = _ct_case(tmp_path, tasks=("denoise",))
+    array = read_volume(case.images[0]).array.astype(np.float32)
+    array[6, 10, 10] = bad
+    # NRRD: ITK's NIfTI reader turns NaN and inf into 0 before MVGCore sees them.
+    image = write_volume(tmp_path / "ct.nrrd", Volume(array, Geometry(spacing=(0.7, 0.7, 3.0))))
+    case = Case("ct1", "CTset", (image,), ("CT",), label=case.label, tasks=case.tasks)
+    with pytest.raises(ValueError, match=r"ct\.nrrd: slice 6 .*NaN or infinite") as error:
+        prepare([case], tmp_path / "store", size=16)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "store").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".store")]
+
+
+def test_the_store_writer_refuses_non_finite_rows_from_any_writer(tmp_path):
+    images = np.zeros((3, 1, 8, 8), np.float32)
+    images[2, 0, 1, 1] = np.nan
+    with (
+        pytest.raises(ValueError, match=r"case 'a' of dataset 'd': slice 7 .*NaN"),
+        StoreWriter(tmp_path / "s", 8, 0) as writer,
+    ):
+        writer.add_case("a", "d", ("MR",), ("denoise",), images, (5, 6, 7), (False,) * 3)
+    target = np.zeros((1, 8, 8), np.float32)
+    target[0, 0, 0] = -np.inf
+    source = {"images": ["img.nii"], "target": "clean.nii"}
+    with (
+        pytest.raises(ValueError, match=r"clean\.nii: slice 4 .*NaN or infinite"),
+        StoreWriter(tmp_path / "t", 8, 0) as writer,
+    ):
+        writer.add_case(
+            "a", "d", ("MR",), ("denoise",), images[:1], (4,), (False,), target=target, source=source
+        )
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_store_too_big_for_memory_or_disk_is_refused_before_any_volume_is_read(
+    phantom_root, tmp_path, monkeypatch
+):
+    from MVGCore import capacity
+    from MVGCore import prepare as prepare_module
+
+    def unread(path):
+        raise AssertionError(f"{path} was read before the size was checked")
+
+    monkeypatch.setattr(prepare_module, "read_volume", unread)
+    out = tmp_path / "store"
+    expected = r"--size 100000 \(20 slices of 100000 x 100000 pixels\): needs about .* GB"
+    with pytest.raises(ValueError, match=expected) as error:
+        main(["--data", str(phantom_root), "--out", str(out), "--size", "100000", "--quiet"])
+    assert "\n" not in str(error.value)
+    monkeypatch.setattr(capacity, "available_memory", lambda: 10_000)
+    with pytest.raises(ValueError, match=r"--size 32 .*: needs about .* GB of memory, and 1e-05 GB is avail"):
+        main(["--data", str(phantom_root), "--out", str(out), "--size", "32", "--quiet"])
+    monkeypatch.setattr(capacity, "available_memory", lambda: None)  # unknown: not checked
+    monkeypatch.setattr(capacity, "free_disk", lambda folder: 10_000)
+    with pytest.raises(ValueError, match=r"tile size 32 .*about .* GB of disk in .*, and 1e-05 GB is free"):
+        prepare(load_cases(phantom_root), out, size=32)
+    assert not any(tmp_path.iterdir())
