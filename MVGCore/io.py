@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .termination import sigterm_raises
+from .truncation import check_complete
 from .types import Geometry, Volume
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,7 @@ def read_volume(path: str | Path) -> Volume:
         return _from_sitk(_read_dicom_series(path), path)
     if _is_dicom_file(path):
         return _read_dicom_file(path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise ValueError(f"cannot read image {path}: {_reason(error)}") from error
-    return _from_sitk(image, path)
+    return _from_sitk(_read_image(path), path)
 
 
 def read_channels(path: str | Path) -> list[Volume]:
@@ -52,10 +49,7 @@ def read_channels(path: str | Path) -> list[Volume]:
     path = check_path_encoding(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise ValueError(f"cannot read image {path}: {_reason(error)}") from error
+    image = _read_image(path)
     if image.GetDimension() != 4:
         return [_from_sitk(image, path)]
     direction = np.array(image.GetDirection()).reshape(4, 4)[:3, :3].reshape(-1)
@@ -74,6 +68,7 @@ def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
     if path.is_dir() or _is_dicom_file(path) or path.name.lower().endswith(_IMAGE_2D_SUFFIXES):
         volume = read_volume(path)
         return volume.array.shape, volume.geometry
+    check_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -82,7 +77,7 @@ def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
         raise ValueError(f"cannot read image {path}: {_reason(error)}") from error
     size = tuple(reader.GetSize())
     if len(size) not in (2, 3):
-        raise ValueError(f"{path}: expected a 2D or 3D image, got {len(size)}D of size {size}")
+        raise ValueError(_not_2d_or_3d(path, size))
     shape = (size[2] if len(size) == 3 else 1, size[1], size[0])
     return shape, _geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
 
@@ -181,6 +176,24 @@ def _writable(path: Path, overwrite: bool) -> Path:
     return path
 
 
+def _read_image(path: Path) -> sitk.Image:
+    """The image in the file ``path``, once it is known to hold every voxel its header promises
+    (ITK reads a cut-short NIfTI as zeros without a word; see :mod:`MVGCore.truncation`)."""
+    check_complete(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise ValueError(f"cannot read image {path}: {_reason(error)}") from error
+
+
+def _not_2d_or_3d(path: Path, size: Sequence[int]) -> str:
+    """Why an image of ``size`` (ITK order) is refused, and what the user can do about it."""
+    return (
+        f"{path} is a {len(size)}D image of size {tuple(size)}; MVG reads 2D or 3D volumes: split it into "
+        "3D volumes first (one per channel or time point; MVGCore.io.read_channels does so)"
+    )
+
+
 def _to_sitk(volume: Volume) -> sitk.Image:
     array = volume.array.astype(np.uint8) if volume.array.dtype == bool else volume.array
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
@@ -264,7 +277,7 @@ def _from_sitk(image: sitk.Image, path: Path) -> Volume:
     """Convert to a Volume; 2D images gain a one-slice axis with an identity third direction."""
     dimension = image.GetDimension()
     if dimension not in (2, 3):
-        raise ValueError(f"{path}: expected a 2D or 3D image, got {dimension}D of size {image.GetSize()}")
+        raise ValueError(_not_2d_or_3d(path, image.GetSize()))
     array = sitk.GetArrayFromImage(image)
     components = image.GetNumberOfComponentsPerPixel()
     if components in (3, 4):
