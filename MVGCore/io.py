@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from .publish import out_of_space, publish
 from .termination import sigterm_raises
 from .truncation import check_complete
 from .types import Geometry, Volume
@@ -141,26 +143,54 @@ def write_volumes(items: Sequence[tuple[str | Path, Volume]], overwrite: bool = 
     """Write every ``(path, volume)`` or none of them.
 
     All paths are checked first; each volume is then written to a hidden temporary file beside
-    its target, and only when all are complete are they renamed into place. On any error, and on
-    SIGTERM, the temporary files are removed and nothing the user had is changed.
+    its target, and only when all are complete are they moved into place. Without ``overwrite`` a
+    file is published only if its name is still free (:func:`MVGCore.publish.publish`), so of two
+    runs writing the same new file one gets a FileExistsError instead of silently replacing the
+    other's. On any error, and on SIGTERM, the temporary files and the files already published are
+    removed, and nothing the user (or another program) had is changed.
     """
     paths = [_writable(Path(path), overwrite) for path, _ in items]
     unique = {os.path.abspath(p) for p in paths}
     if len(unique) != len(paths):
         raise ValueError(f"the same output file is named twice: {[str(p) for p in paths]}")
     temporaries: list[Path] = []
+    undo: list[Callable[[], None]] = []
     with sigterm_raises():
         try:
             for path, (_, volume) in zip(paths, items):
                 suffix = next(s for s in WRITE_SUFFIXES if path.name.lower().endswith(s))
-                temporaries.append(path.with_name(f".{path.name[: -len(suffix)]}.{os.getpid()}.tmp{suffix}"))
-                sitk.WriteImage(_to_sitk(volume), str(temporaries[-1]), True)
+                stem, token = path.name[: -len(suffix)], f"{os.getpid()}-{secrets.token_hex(4)}"
+                temporaries.append(path.with_name(f".{stem}.{token}.tmp{suffix}"))  # unique per writer
+                _write_complete(volume, temporaries[-1], path)
             for temporary, path in zip(temporaries, paths):
-                os.replace(temporary, path)
+                undo.append(publish(temporary, path, overwrite))
+        except BaseException:
+            for withdraw in reversed(undo):
+                withdraw()
+            raise
         finally:
             for temporary in temporaries:
                 temporary.unlink(missing_ok=True)
     return paths
+
+
+def _write_complete(volume: Volume, temporary: Path, path: Path) -> None:
+    """Write ``volume`` to ``temporary`` and make sure all of it got there; a full disk is named.
+
+    ITK's NIfTI writer reports a full disk only on stderr, so the written file is checked
+    (:mod:`MVGCore.truncation`); the NRRD and MetaImage writers raise, in their own words.
+    """
+    try:
+        sitk.WriteImage(_to_sitk(volume), str(temporary), True)
+        try:
+            check_complete(temporary, "the written file", written=True)
+        except ValueError as short:
+            raise OSError(f"could not write {path} completely: {short}") from None
+    except (OSError, RuntimeError) as error:
+        full = out_of_space(error, path, volume.array.nbytes)
+        if full is None:
+            raise
+        raise full from error
 
 
 def _writable(path: Path, overwrite: bool) -> Path:

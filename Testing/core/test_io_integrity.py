@@ -4,14 +4,18 @@ with one line that names the file, and no partial file is ever left or published
 
 from __future__ import annotations
 
+import errno
 import gzip
 import re
 import shutil
+import threading
+from collections import namedtuple
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MVGCore import io
 from MVGCore.io import read_channels, read_geometry, read_labels, read_volume, write_volume
 from MVGCore.types import Geometry, Volume
 
@@ -69,6 +73,146 @@ def test_a_truncated_multi_member_gzip_is_refused(tmp_path):
     cut.write_bytes(stream[: len(stream) * 6 // 10])
     with pytest.raises(ValueError, match=r"members\.nii\.gz is truncated"):
         read_volume(cut)
+
+
+# ------------------------------------------------------------------ 2. two writers of one new file
+
+
+def test_two_writers_of_one_new_file_one_wins_the_other_is_told(tmp_path, monkeypatch):
+    path = tmp_path / "same.nrrd"
+    real = io.sitk.WriteImage
+    both_written = threading.Barrier(2, timeout=60)
+
+    def write_then_wait(image, name, compress):
+        real(image, name, compress)
+        both_written.wait()  # both have checked that `path` is absent and written their data
+
+    monkeypatch.setattr(io.sitk, "WriteImage", write_then_wait)
+    volumes = [Volume(np.full((2, 3, 4), value, np.int16)) for value in (1, 2)]
+    outcomes: list[object] = [None, None]
+
+    def writer(index: int) -> None:
+        try:
+            outcomes[index] = write_volume(path, volumes[index])
+        except Exception as error:
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    losers = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(losers) == 1 and isinstance(losers[0], FileExistsError), outcomes
+    assert "same.nrrd" in str(losers[0]) and "\n" not in str(losers[0])
+    winner = outcomes.index(path)
+    np.testing.assert_array_equal(read_volume(path).array, volumes[winner].array)
+    assert [p.name for p in tmp_path.iterdir()] == ["same.nrrd"]  # no temporary left
+
+
+def test_a_file_made_meanwhile_undoes_the_files_already_published(tmp_path, monkeypatch):
+    first, second = tmp_path / "a.nrrd", tmp_path / "b.nrrd"
+    real = io.sitk.WriteImage
+    calls = []
+
+    def another_program_makes_b(image, name, compress):
+        real(image, name, compress)
+        calls.append(name)
+        if len(calls) == 2:
+            second.write_bytes(b"made by another program")
+
+    monkeypatch.setattr(io.sitk, "WriteImage", another_program_makes_b)
+    volume = Volume(np.zeros((2, 3, 4), np.int16))
+    with pytest.raises(FileExistsError, match=r"b\.nrrd"):
+        io.write_volumes([(first, volume), (second, volume)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.nrrd"]  # both or none of ours
+    assert second.read_bytes() == b"made by another program"  # and theirs is kept
+
+
+def test_publishing_without_hard_links_still_refuses_an_existing_file(tmp_path, monkeypatch):
+    """FAT, exFAT and some network shares have no hard links; a reservation takes the link's place."""
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(io.os, "link", no_links)
+    path = write_volume(tmp_path / "v.nrrd", Volume(np.ones((2, 3, 4), np.int16)))
+    np.testing.assert_array_equal(read_volume(path).array, np.ones((2, 3, 4)))
+    real = io.sitk.WriteImage
+
+    def another_program_makes_it(image, name, compress):
+        real(image, name, compress)
+        (tmp_path / "w.nrrd").write_bytes(b"theirs")
+
+    monkeypatch.setattr(io.sitk, "WriteImage", another_program_makes_it)
+    with pytest.raises(FileExistsError, match=r"w\.nrrd"):
+        write_volume(tmp_path / "w.nrrd", Volume(np.ones((2, 3, 4), np.int16)))
+    assert (tmp_path / "w.nrrd").read_bytes() == b"theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.nrrd", "w.nrrd"]
+
+
+# ------------------------------------------------------------------ 4. disk full
+
+_ITK_NRRD_FULL = (
+    "Exception thrown in SimpleITK ImageFileWriter_Execute: itkNrrdImageIO.cxx:1349:\n"
+    "ITK ERROR: NrrdImageIO(0x1): Write: Error writing out.nrrd:\n[nrrd] nrrdSave:\n"
+    "[nrrd] _nrrdEncodingGzip_write: expected to write 1310720 bytes, but only wrote 327680\n"
+)
+_Usage = namedtuple("_Usage", "total used free")
+
+
+def _full_disk(monkeypatch, free: int = 0) -> None:
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: _Usage(10**9, 10**9 - free, free))
+
+
+def test_a_full_disk_is_named_not_itks_text(tmp_path, monkeypatch):
+    def itk_fails(image, name, compress):
+        with open(name, "wb") as partial:
+            partial.write(b"NRRD0004\n")
+        raise RuntimeError(_ITK_NRRD_FULL)
+
+    monkeypatch.setattr(io.sitk, "WriteImage", itk_fails)
+    _full_disk(monkeypatch)
+    with pytest.raises(OSError, match=r"^no space left on device writing .*out\.nrrd") as raised:
+        write_volume(tmp_path / "out.nrrd", _volume())
+    assert raised.value.errno == errno.ENOSPC and "\n" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_enospc_from_the_system_is_named_too(tmp_path, monkeypatch):
+    def system_says_full(image, name, compress):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.sitk, "WriteImage", system_says_full)
+    with pytest.raises(OSError, match=r"^no space left on device writing .*out\.nii\.gz"):
+        write_volume(tmp_path / "out.nii.gz", _volume())
+
+
+@pytest.mark.parametrize("free", [0, 10**9])
+def test_a_nifti_the_writer_left_short_is_never_published(tmp_path, monkeypatch, free):
+    """ITK's NIfTI writer reports a full disk only on stderr ("NWAD: wrote only 0 of ... bytes")."""
+    real = io.sitk.WriteImage
+
+    def writes_short(image, name, compress):
+        real(image, name, compress)
+        with open(name, "r+b") as written:
+            written.truncate(4096)
+
+    monkeypatch.setattr(io.sitk, "WriteImage", writes_short)
+    _full_disk(monkeypatch, free)
+    expected = r"no space left on device writing" if free == 0 else r"could not write .*out\.nii completely"
+    with pytest.raises(OSError, match=expected):
+        write_volume(tmp_path / "out.nii", _volume())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_write_errors_keep_their_words(tmp_path, monkeypatch):
+    def fails(image, name, compress):
+        raise RuntimeError("ITK ERROR: unsupported pixel type")
+
+    monkeypatch.setattr(io.sitk, "WriteImage", fails)
+    with pytest.raises(RuntimeError, match="unsupported pixel type"):
+        write_volume(tmp_path / "out.nrrd", _volume())
 
 
 # ------------------------------------------------------------------ 5. 4D input
