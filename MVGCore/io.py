@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom_series import check_series
 from .publish import out_of_space, publish
 from .termination import sigterm_raises
 from .truncation import check_complete
@@ -234,14 +235,17 @@ def _to_sitk(volume: Volume) -> sitk.Image:
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
-    """The largest DICOM series in ``folder``, sorted by slice position (GDCM's ordering)."""
+    """The largest DICOM series in ``folder``, sorted by slice position (GDCM's ordering), once
+    :func:`MVGCore.dicom_series.check_series` finds no missing, doubled or odd slice in it."""
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise ValueError(f"no DICOM series found in folder {folder}")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series), key=len)
+    listed = [reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series]
+    files = max(listed, key=len)
     if len(series) > 1:
         log.warning("%s holds %d DICOM series; reading the largest", folder, len(series))
+    check_series(folder, files, [name for names in listed for name in names])
     reader.SetFileNames(files)
     try:
         return reader.Execute()

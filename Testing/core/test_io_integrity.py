@@ -19,6 +19,8 @@ from MVGCore import io
 from MVGCore.io import read_channels, read_geometry, read_labels, read_volume, write_volume
 from MVGCore.types import Geometry, Volume
 
+SERIES_UID = "1.2.826.0.1.3680043.2.1125.1.37"
+
 
 def _volume() -> Volume:
     array = (np.arange(20 * 30 * 40).reshape(20, 30, 40) % 997 + 1).astype(np.int16)
@@ -213,6 +215,74 @@ def test_other_write_errors_keep_their_words(tmp_path, monkeypatch):
     monkeypatch.setattr(io.sitk, "WriteImage", fails)
     with pytest.raises(RuntimeError, match="unsupported pixel type"):
         write_volume(tmp_path / "out.nrrd", _volume())
+
+
+# ------------------------------------------------------------------ 3. DICOM series
+
+
+def _series(folder, n=7, spacing=5.0, size=8, skip=()):
+    folder.mkdir()
+    for k in range(n):
+        if k in skip:
+            continue
+        _slice(folder / f"s{k:02d}.dcm", k * spacing, k, size)
+    return folder
+
+
+def _slice(path, z, value, size=8):
+    image = sitk.GetImageFromArray(np.full((size, size), value * 10, np.int16))
+    image.SetSpacing((0.5, 0.5))
+    tags = {
+        "0008|0060": "CT",
+        "0020|000e": SERIES_UID,
+        "0020|0032": f"0\\0\\{z}",
+        "0020|0037": "1\\0\\0\\0\\1\\0",
+        "0020|0013": str(value + 1),
+    }
+    for tag, text in tags.items():
+        image.SetMetaData(tag, text)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(path))
+    writer.Execute(image)
+
+
+def test_an_intact_series_reads_at_its_spacing(tmp_path):
+    volume = read_volume(_series(tmp_path / "ct"))
+    assert volume.array.shape == (7, 8, 8)
+    assert volume.geometry.spacing[2] == pytest.approx(5.0)
+
+
+def test_a_series_with_a_truncated_slice_names_the_gap_and_the_file(tmp_path):
+    folder = _series(tmp_path / "ct")
+    damaged = folder / "s03.dcm"
+    damaged.write_bytes(damaged.read_bytes()[:-100])  # GDCM then leaves it out of the series
+    with pytest.raises(ValueError) as raised:
+        read_volume(folder)
+    message = str(raised.value)
+    assert "\n" not in message
+    for part in ("1 slice missing", "s02.dcm", "s04.dcm", "5 mm", "s03.dcm", "cannot be read"):
+        assert part in message, message
+
+
+def test_a_series_with_a_missing_slice_is_refused(tmp_path):
+    folder = _series(tmp_path / "ct", n=9, skip=(4, 5))
+    with pytest.raises(ValueError, match=r"2 slices missing between s03\.dcm .* and s06\.dcm"):
+        read_volume(folder)
+
+
+def test_two_slices_at_one_position_are_named(tmp_path):
+    folder = _series(tmp_path / "ct")
+    _slice(folder / "again.dcm", 15.0, 9)
+    with pytest.raises(ValueError, match=r"(again\.dcm and s03\.dcm|s03\.dcm and again\.dcm).*15"):
+        read_volume(folder)
+
+
+def test_a_slice_of_another_size_is_named(tmp_path):
+    folder = _series(tmp_path / "ct")
+    _slice(folder / "odd.dcm", 35.0, 7, size=4)
+    with pytest.raises(ValueError, match=r"odd\.dcm is 4 x 4 pixels, the other slices 8 x 8"):
+        read_volume(folder)
 
 
 # ------------------------------------------------------------------ 5. 4D input
