@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from MVGCore.cli import check_output_folder
+from MVGCore.io import read_geometry
+from MVGCore.publish import publish
+from MVGCore.truncation import check_complete
 from MVGCore.types import CancelToken, ProgressFn
 
 from . import pipeline
@@ -104,11 +107,19 @@ class SceneProcessor:
 
 
 def load_volume(volumes_logic: Any, path: str | Path) -> Any:
+    """A new volume node from ``path``, refused as MVGCore's readers refuse it.
+
+    Slicer reads through ITK, which fills a cut-short NIfTI with zeros, so the file is checked
+    first; when Slicer cannot read a file its reason stays in Slicer's log, so MVGCore's header
+    reader is asked for one (a 4D image, a damaged file) before the generic message.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"volume file not found: {path}")
+    check_complete(path)
     node = volumes_logic.AddArchetypeVolume(str(path), _stem(path), 0)
     if node is None:
+        read_geometry(path)  # raises MVGCore's one-line reason where it has one
         raise ValueError(f"could not read a volume from {path}")
     return node
 
@@ -117,6 +128,7 @@ def load_segmentation(segmentations_logic: Any, path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"segmentation file not found: {path}")
+    check_complete(path)  # a label map in a cut-short NIfTI would load with empty slices
     node = segmentations_logic.LoadSegmentationFromFile(str(path), False)
     if node is None:
         raise ValueError(f"could not read a segmentation from {path}")
@@ -124,7 +136,11 @@ def load_segmentation(segmentations_logic: Any, path: str | Path) -> Any:
 
 
 def save_node(node: Any, path: str | Path) -> Path:
-    """Write a volume or segmentation node atomically to a file that must not exist yet."""
+    """Write a volume or segmentation node atomically to a file that must not exist yet.
+
+    The finished file is published with an exclusive create (:func:`MVGCore.publish.publish`), so
+    a file another run made there meanwhile is kept and this one gets a FileExistsError.
+    """
     path = check_output(path, "segmentation" if node.IsA("vtkMRMLSegmentationNode") else "volume")
     storage = node.CreateDefaultStorageNode()  # kept out of the scene: saving adds nothing to it
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".seg.nrrd", ".nii.gz")) else path.suffix
@@ -133,7 +149,7 @@ def save_node(node: Any, path: str | Path) -> Path:
     try:
         if not storage.WriteData(node):
             raise OSError(f"could not write {path}")
-        os.replace(temporary, path)
+        publish(temporary, path, overwrite=False)
     finally:
         if temporary.exists():
             temporary.unlink()
