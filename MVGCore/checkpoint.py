@@ -38,6 +38,33 @@ def sidecar_path(weights: str | Path) -> Path:
     return weights.with_name(weights.name.removesuffix(".safetensors") + ".json")
 
 
+def check_weights_path(path: str | Path, what: str = "checkpoint", sidecar: bool = True) -> Path:
+    """``path`` when it names a weights file (and, with ``sidecar``, its JSON sidecar lies beside
+    it); otherwise a one-line error saying what was given and what is expected.
+
+    The sidecar is found from the weights' name, so a sidecar given in their place was looked up as
+    ``X.json.json``, and a folder was reported as "not found"; checked here, before anything is
+    read, the error says which of the two files the name should be. ``what`` names the path in the
+    message (``--checkpoint`` on a command line)."""
+    path = Path(path)
+    expected = "a .safetensors file" + (" with its .json sidecar beside it" if sidecar else "")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give {expected}")
+    if path.suffix.lower() == ".json":
+        raise ValueError(
+            f"{what} {path} is the JSON sidecar; give the weights it describes, "
+            f"{path.with_suffix('.safetensors').name}, beside it"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found; expected {expected}")
+    side = sidecar_path(path)
+    if sidecar and not side.is_file():
+        raise FileNotFoundError(
+            f"{what} {path} has no JSON sidecar {side.name} beside it (config and sha256)"
+        )
+    return path
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(temp_path)`` then move the temporary file onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,12 +92,8 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[
 
 def load_tensors(path: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint written by :func:`save_tensors`, checking the sha256 recorded beside it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint weights not found: {path}")
+    path = check_weights_path(path)
     side = sidecar_path(path)
-    if not side.is_file():
-        raise FileNotFoundError(f"checkpoint {path} has no JSON sidecar {side.name} (config and sha256)")
     meta = read_sidecar(side)
     if verify:
         recorded = meta.get("sha256")
@@ -122,12 +145,7 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> tuple[MVGModel, 
             "To import foreign weights use load_state_dict_file(..., allow_pickle=True) knowingly."
         )
     tensors, meta = load_tensors(path)
-    if "config" not in meta:
-        raise ValueError(f"{sidecar_path(path)} has no 'config'; it is not an MVGCore model checkpoint")
-    try:
-        model = MVGModel(MVGConfig.from_dict(meta["config"], sidecar_path(path).name))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{sidecar_path(path)}: invalid model config: {error}") from error
+    model = MVGModel(config_of(meta, sidecar_path(path)))
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     except RuntimeError as error:
@@ -138,15 +156,31 @@ def load_model(path: str | Path, allow_pickle: bool = False) -> tuple[MVGModel, 
     return model, meta
 
 
+def model_config(path: str | Path, what: str = "checkpoint") -> MVGConfig:
+    """The model config in the sidecar of the checkpoint ``path``, read without its weights: a
+    command checks its options against the model (patch size, memory of a tile) before it spends
+    the time to load it."""
+    side = sidecar_path(check_weights_path(path, what))
+    return config_of(read_sidecar(side), side)
+
+
+def config_of(meta: dict[str, Any], side: Path) -> MVGConfig:
+    """The model config a sidecar's ``meta`` holds; an absent or invalid one names ``side``."""
+    if "config" not in meta:
+        raise ValueError(f"{side} has no 'config'; it is not an MVGCore model checkpoint")
+    try:
+        return MVGConfig.from_dict(meta["config"], side.name)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{side}: invalid model config: {error}") from error
+
+
 def load_state_dict_file(path: str | Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """A foreign state dict (e.g. MAE or timm ViT weights): safetensors always, pickles only on request.
 
     Even with ``allow_pickle`` the file is read with ``weights_only=True`` (tensors and plain
     containers only). MAE-style ``{"model": state_dict}`` wrappers are unwrapped.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    path = check_weights_path(path, "weights file", sidecar=False)
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
     if not allow_pickle:

@@ -81,3 +81,17 @@ def test_a_sidecar_naming_the_retired_carry_prompt_loads_when_off_and_is_refused
     message = str(refused.value)
     assert "carry_prompt=True was retired (only carry_prompt=False remains)" in message
     assert len(message.splitlines()) == 1
+
+
+def test_a_sidecar_or_a_folder_given_for_the_weights_says_what_is_expected(tmp_path):
+    path = save_model(tmp_path / "m.safetensors", _tiny())
+    with pytest.raises(
+        ValueError, match=r"m\.json is the JSON sidecar; give the weights it describes, m\.safetensors"
+    ):
+        load_model(sidecar_path(path))
+    with pytest.raises(
+        IsADirectoryError, match=r"is a folder; give a \.safetensors file with its \.json sidecar"
+    ):
+        load_model(tmp_path)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        load_state_dict_file(tmp_path)
