@@ -12,6 +12,7 @@ Outputs are always NEW nodes (and new files); a file that exists already is neve
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,8 @@ def save_node(node: Any, path: str | Path) -> Path:
     path = check_output(path, "segmentation" if node.IsA("vtkMRMLSegmentationNode") else "volume")
     storage = node.CreateDefaultStorageNode()  # kept out of the scene: saving adds nothing to it
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".seg.nrrd", ".nii.gz")) else path.suffix
-    temporary = path.with_name(f".{path.name}.partial{suffix}")
+    # Unique per writer: two runs writing the same output must not write into one temporary file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial{suffix}")
     storage.SetFileName(str(temporary))
     try:
         if not storage.WriteData(node):
