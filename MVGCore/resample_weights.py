@@ -90,13 +90,13 @@ def fit_weights(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     return resize_rel_pos_tables(resize_patch(weights, target), target)
 
 
-def check_tile_size(tile_size: Any, patch: int) -> int:
+def check_tile_size(tile_size: Any, patch: int, name: str = "option tile_size") -> int:
     """``tile_size`` as an int when it is a positive whole multiple of ``patch`` (the only tiles a
-    model of that patch size can run at); a one-line error naming the option otherwise."""
+    model of that patch size can run at); a one-line error naming the option (``name``: a command
+    line names its flag) otherwise."""
     if not is_whole(tile_size, patch) or tile_size % patch:
         raise ValueError(
-            f"option tile_size must be a positive multiple of the model's patch size {patch}, "
-            f"got {tile_size!r}"
+            f"{name} must be a positive multiple of the model's patch size {patch}, got {tile_size!r}"
         )
     return int(tile_size)
 

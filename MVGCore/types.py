@@ -87,6 +87,16 @@ class Prompt:
     index: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("image", "target"):
+            value = getattr(self, name)
+            if not isinstance(value, np.ndarray):
+                # A list or tensor would fail later on a missing ``.ndim`` (an AttributeError
+                # that names neither the field nor the fix); converting silently would hide a
+                # nested list of unequal rows until deep in the model.
+                raise TypeError(
+                    f"Prompt.{name} must be a 2D numpy array, got {type(value).__name__}; "
+                    "convert it with np.asarray(...) first"
+                )
         if self.index is not None:
             if isinstance(self.index, (bool, np.bool_)) or not isinstance(self.index, (int, np.integer)):
                 raise ValueError(

@@ -9,10 +9,12 @@ and resized back onto the slice's own grid. One module per job (docs/architectur
 - :mod:`.options`: the options and the table of which task takes which
 - :mod:`.inputs`: checks of arrays and devices, intensity ranges
 - :mod:`.engine`: the slice loop (batching, out-of-memory retry, progress, cancel, adaptation)
+- :mod:`.memory`: the memory of one forward pass, estimated before it is allocated
 - :mod:`.propagation`: slices answered outward from the prompt slices, in waves
 - :mod:`.alignment`: prompts warped onto each query slice by registration
 - :mod:`.segmentation`, :mod:`.images`, :mod:`.self_made`: the tasks' own parts
-- :mod:`.cli` and :mod:`.progress`: ``python -m MVGCore.predict`` and its JSON event protocol
+- :mod:`.cli` and :mod:`.progress`: ``python -m MVGCore.predict`` and its JSON event protocol;
+  :mod:`.cli_checks`: the checks of its flags that need no volume
 
 Tiling (:mod:`MVGCore.tiling`), calibration (:mod:`MVGCore.calibration`), adaptation
 (:mod:`MVGCore.adapt`) and the zoom region (:mod:`MVGCore.zoom`) live beside this package.

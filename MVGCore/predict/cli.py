@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from .. import cli
-from ..adapt import ADAPT_TASKS
 from ..calibration import CALIBRATIONS
 from ..cli import attach_dash_values
 from ..coloring import check_labels
@@ -29,7 +27,9 @@ from ..registration import ALIGNMENTS
 from ..slicewise import take_slice
 from ..types import TASKS, Prompt
 from ..zoom import DEFAULT_MARGIN as ZOOM_MARGIN
-from .inputs import check_volume
+from . import cli_checks as checks
+from .cli_checks import option_value
+from .inputs import check_slices_fit, check_volume
 from .options import ANSWERS, DEFAULT_ALIGNMENT, ENSEMBLES, IMAGE_SCALES, TASK_CT_WINDOWS, ZOOMS
 from .predictor import Predictor
 from .progress import FORMATS as PROGRESS_FORMATS
@@ -38,13 +38,6 @@ from .progress import emit_event, json_progress, log_progress
 log = logging.getLogger("MVGCore.predict")
 
 DESCRIPTION = "Apply an MVG model to whole volumes: the ``Predictor`` and ``python -m MVGCore.predict``."
-
-
-def _parse_slices(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"slice lists are comma-separated integers, got {text!r}") from None
 
 
 def _same_grid(path: Path, volume, reference, reference_name: str) -> None:
@@ -79,56 +72,6 @@ def _prompt_slices(
     return sorted(set(chosen))
 
 
-INPUT_FLAGS = ("checkpoint", "input", "prompts", "prompt_image", "prompt_target", "hole")
-OUTPUT_FLAGS = ("output", "disagreement")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_paths(args: argparse.Namespace) -> None:
-    """What can be known about the paths before anything is read: every output has a volume
-    suffix, lies in an existing writable folder, is new (or --overwrite), and is neither an input
-    nor another output; no name is one SimpleITK would abort on."""
-    from ..io import WRITE_SUFFIXES, check_path_encoding
-
-    inputs = {_flag(n): getattr(args, n) for n in INPUT_FLAGS if getattr(args, n) is not None}
-    outputs = {_flag(n): getattr(args, n) for n in OUTPUT_FLAGS if getattr(args, n) is not None}
-    for flag, path in {**inputs, **outputs}.items():
-        check_path_encoding(path, flag)
-    if args.hole is not None and args.task != "inpaint":
-        raise ValueError(f"--hole is only used by --task inpaint, not by --task {args.task}; leave it out")
-    if args.adapt_steps and args.task not in ADAPT_TASKS:
-        raise ValueError(
-            f"--adapt-steps is only used by --task {' and '.join(ADAPT_TASKS)}, not by --task {args.task}"
-        )
-    if args.adapt_steps < 0:
-        raise ValueError(
-            f"--adapt-steps must be 0 (off) or a positive number of steps, got {args.adapt_steps}"
-        )
-    checked: dict[str, Path] = {}
-    for flag, path in outputs.items():
-        for other_flag, other in {**inputs, **checked}.items():
-            if _same_file(path, other):
-                what = other_flag.lstrip("-").replace("-", " ")
-                raise ValueError(f"{flag} {path} is the {what} file ({other_flag}); choose a new file")
-        if not path.name.lower().endswith(WRITE_SUFFIXES):
-            raise ValueError(f"{flag} {path}: the name must end with one of {', '.join(WRITE_SUFFIXES)}")
-        cli.check_output_folder(path, f"{flag} {path}")
-        if path.is_dir():
-            raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
-        if path.exists() and not args.overwrite:
-            raise FileExistsError(f"{flag} {path} exists; choose a new file or pass --overwrite")
-        checked[flag] = path
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if os.path.abspath(a) == os.path.abspath(b):
-        return True
-    return a.exists() and b.exists() and os.path.samefile(a, b)
-
-
 def _read_target(path: Path, task: str, flag: str):
     """A prompt target file: label class ids for segmentation (whole-number floats accepted, by
     :func:`MVGCore.io.read_labels`), else a finite real image; errors name the flag and file."""
@@ -147,8 +90,6 @@ def _read_target(path: Path, task: str, flag: str):
 def _read_hole(args: argparse.Namespace, image) -> np.ndarray:
     from ..io import read_volume
 
-    if args.hole is None:
-        raise ValueError("--task inpaint needs --hole MASK (non-zero = voxels to fill)")
     hole = read_volume(args.hole)
     _same_grid(args.hole, hole, image, f"--input {args.input}")
     mask = hole.array != 0
@@ -168,8 +109,6 @@ def _collect_prompts(args: argparse.Namespace, image) -> list[Prompt]:
             prompts.append(
                 Prompt.from_volume(image.array, index, take_slice(sparse.array, args.axis, index), args.axis)
             )
-    if (args.prompt_image is None) != (args.prompt_target is None):
-        raise ValueError("--prompt-image and --prompt-target go together (another volume and its target)")
     if args.prompt_image is not None:
         other = read_volume(args.prompt_image)
         check_volume(other.array, f"--prompt-image {args.prompt_image}")
@@ -202,22 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
         "are the prompts unless --slices names them",
     )
     parser.add_argument(
-        "--slices", type=_parse_slices, help="prompt slice indices of --prompts, e.g. 10,40,70"
+        "--slices", type=checks.slice_list, help="prompt slice indices of --prompts, e.g. 10,40,70"
     )
     parser.add_argument("--prompt-image", type=Path, help="another volume to take prompt slices from")
     parser.add_argument("--prompt-target", type=Path, help="the target of --prompt-image, on its grid")
-    parser.add_argument("--prompt-slices", type=_parse_slices, help="slices of --prompt-image to use")
+    parser.add_argument("--prompt-slices", type=checks.slice_list, help="slices of --prompt-image to use")
     parser.add_argument("--hole", type=Path, help="inpaint: mask of the voxels to fill, on the input's grid")
     parser.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slice axis in (k, j, i)")
-    parser.add_argument("--modality", default="auto", help="auto, CT, MR, XR, US or OTHER")
-    parser.add_argument("--window", type=parse_window, help="CT window: preset name or LOW,HIGH")
+    parser.add_argument(
+        "--modality", type=option_value("modality"), default="auto", help="auto, CT, MR, XR, US or OTHER"
+    )
+    parser.add_argument(
+        "--window", type=option_value("window", parse_window), help="CT window: preset name or LOW,HIGH"
+    )
     parser.add_argument(
         "--ct-window",
-        type=parse_window,
+        type=option_value("ct_window", parse_window),
         help="window of CT inputs when --window is not given: preset name or LOW,HIGH (default: "
         f"{TASK_CT_WINDOWS['segment']} to segment, {DEFAULT_CT_WINDOW} for the image tasks)",
     )
-    parser.add_argument("--k-prompts", type=int, default=1, help="prompts per query slice (default 1)")
+    parser.add_argument(
+        "--k-prompts",
+        type=option_value("k_prompts", int),
+        default=1,
+        help="prompts per query slice (default 1)",
+    )
     parser.add_argument("--ensemble", choices=ENSEMBLES, default="average", help="how K prompts combine")
     parser.add_argument(
         "--propagate",
@@ -227,58 +175,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--zoom",
         choices=ZOOMS,
-        default="prompts",
         help="segment: run on the region around the prompt labels (default) or on whole slices",
     )
     parser.add_argument(
         "--zoom-margin",
-        type=float,
-        default=ZOOM_MARGIN,
+        type=option_value("zoom_margin", float),
         help=f"segment: margin of that region ({ZOOM_MARGIN})",
     )
     parser.add_argument(
         "--align-prompts",
         choices=ALIGNMENTS,
-        default=DEFAULT_ALIGNMENT,
         help=f"segment: warp each prompt onto its query slice by 2D registration first ({DEFAULT_ALIGNMENT})",
     )
     parser.add_argument(
         "--answer",
         choices=ANSWERS,
-        default="trim",
         help="segment with aligned prompts: the aligned prompt label where the model answers foreground "
         "(trim, the default), or the model's own classes",
     )
     parser.add_argument(
         "--tile-size",
-        type=int,
+        type=option_value("tile_size", int),
         help="tile in pixels the model runs at, its weights resampled (default: the model's tile; "
         "to segment, its config's segment_tile_size when set)",
     )
     parser.add_argument(
         "--image-scale",
         choices=IMAGE_SCALES,
-        default="native",
         help="denoise/inpaint/synthesize: 1:1 overlapping tiles (default) or each slice fitted into one tile",
     )
     parser.add_argument(
         "--calibrate",
         choices=CALIBRATIONS,
-        default="blend",
         help="denoise: blend the answer with the input by weights fitted on the prompts (default; "
         "needs 2+ prompts) or return the model's answer",
     )
     parser.add_argument(
         "--adapt-steps",
-        type=int,
-        default=0,
+        type=option_value("adapt_steps", int),
         help="segment, denoise: tune a copy of the model on the prompts for this many steps first "
         "(0 = off; denoise: needs prompt pairs and replaces --calibrate blend)",
     )
     parser.add_argument("--disagreement", type=Path, help="also write the per-voxel disagreement map here")
-    parser.add_argument("--seed", type=int, default=0, help="seed of self-made prompts (denoise/inpaint)")
+    parser.add_argument(
+        "--seed",
+        type=option_value("seed", int),
+        default=0,
+        help="seed of self-made prompts (denoise/inpaint)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=8, help="canvases per forward pass")
+    parser.add_argument(
+        "--batch-size", type=checks.batch_size_value, default=8, help="canvases per forward pass"
+    )
     parser.add_argument("--allow-pickle", action="store_true", help="allow a trusted pickle checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="log warnings only")
@@ -297,48 +245,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ``python -m MVGCore.predict`` reports those errors as one line (:mod:`MVGCore.cli`).
     """
-    from ..io import read_volume, write_volumes
+    from ..io import read_volume
     from ..types import Volume
 
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(attach_dash_values(argv, ("--window",)))
+    args = build_parser().parse_args(attach_dash_values(argv, ("--window", "--ct-window")))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    _check_paths(args)
+    checks.check_flags(args)
+    checks.check_paths(args)
+    options = checks.task_options(args)
+    tile = checks.model_tile(args)
     image = read_volume(args.input)
     check_volume(image.array, f"--input {args.input}")
+    options["spacing"] = image.geometry.spacing_kji
+    if tile is not None:
+        native = args.task != "segment" and args.image_scale == "native"
+        where = f"--input {args.input}"
+        advice = "its header's spacing is likely wrong: fix it there"
+        check_slices_fit(image.array.shape, args.axis, options["spacing"], tile, native, where, advice)
     prompts = _collect_prompts(args, image)
-    if args.task in ("segment", "synthesize") and not prompts:
-        raise ValueError(
-            f"--task {args.task} needs prompts: --prompts FILE and/or --prompt-image/--prompt-target"
-        )
     hole = _read_hole(args, image) if args.task == "inpaint" else None
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device=args.device, allow_pickle=args.allow_pickle, batch_size=args.batch_size
     )
-    options = {
-        "modality": args.modality,
-        "window": args.window,
-        "ct_window": args.ct_window,
-        "spacing": image.geometry.spacing_kji,
-        "k_prompts": args.k_prompts,
-        "ensemble": args.ensemble,
-        "propagate": args.propagate,
-        "return_disagreement": args.disagreement is not None,
-        "seed": args.seed,
-        "tile_size": args.tile_size,
-    }
-    if args.task == "segment":
-        options.update(
-            zoom=args.zoom,
-            zoom_margin=args.zoom_margin,
-            align_prompts=args.align_prompts,
-            answer=args.answer,
-            adapt_steps=args.adapt_steps,
-        )
-    else:
-        options.update(image_scale=args.image_scale)
-    if args.task == "denoise":
-        options.update(calibrate=args.calibrate, adapt_steps=args.adapt_steps)
     run: Callable[..., Any]
     if args.task == "inpaint":
         run = lambda **kw: predictor.inpaint(image.array, hole, prompts, args.axis, **kw)  # noqa: E731
@@ -354,8 +283,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = [(args.output, Volume(result, image.geometry))]
     if spread is not None:
         items.append((args.disagreement, Volume(spread, image.geometry)))
-    for path in write_volumes(items, overwrite=args.overwrite):  # all outputs or none
+    for path in _write(args, items):
         log.info("wrote %s", path)
     if json_events:
         emit_event("done", output=str(args.output))
     return 0
+
+
+def _write(args: argparse.Namespace, items: list) -> list[Path]:
+    """Write every output or none. An output that did not exist when the flags were checked but
+    does now (another run writing the same name) is named with its flag and ``--overwrite``, not
+    with the Python API's ``overwrite=True``."""
+    from ..io import write_volumes
+
+    try:
+        return write_volumes(items, overwrite=args.overwrite)
+    except FileExistsError:
+        flags = dict(zip((path for path, _ in items), ("--output", "--disagreement")))
+        taken = ", ".join(f"{flags[path]} {path}" for path, _ in items if path.exists())
+        raise FileExistsError(
+            f"{taken or args.output} appeared while predict ran (another run?) and was kept; "
+            "choose a new file or pass --overwrite"
+        ) from None

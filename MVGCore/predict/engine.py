@@ -22,7 +22,7 @@ from ..masking import ar_mask
 from ..model import MVGModel
 from ..slicewise import SliceLoop, plane_shape, put_slice, take_slice
 from ..types import CancelToken, ProgressFn
-from . import propagation
+from . import memory, propagation
 from .inputs import check_finite
 from .job import Example, Job
 
@@ -96,6 +96,7 @@ def _run_batches(
     """``plans`` (query, prompts) in batches of ``predictor.batch_size`` canvases; on GPU
     out-of-memory the batch size is halved and the batch retried (the smaller size is kept)."""
     k = len(plans[0][1])
+    memory.fit_batch(predictor, k, len(plans))
     start = 0
     while start < len(plans):
         loop.check()

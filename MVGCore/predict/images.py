@@ -40,8 +40,10 @@ from ..slicewise import (
 from ..types import CancelToken, ProgressFn, Prompt
 from . import engine, self_made
 from .inputs import (
+    SPACING_ADVICE,
     auto_modality,
     check_finite,
+    check_slices_fit,
     check_volume,
     options_range,
     plane_spacing,
@@ -121,8 +123,6 @@ def denoise(
         raise ValueError(
             "option adapt_steps (test-time adaptation) needs (noisy, clean) prompt pairs to denoise"
         )
-    if opts.adapt_steps and opts.image_scale != "native":
-        raise ValueError('option adapt_steps adapts denoising at native scale; use image_scale="native"')
     in_range = options_range(sample(volume), opts)
     ranges = [prompt_range(p, in_range, opts) for p in prompts or ()]
 
@@ -277,9 +277,12 @@ def _run(
     first in the progress count.
     """
     predictor, axis, opts = jobs.predictor, jobs.axis, jobs.opts
-    if opts.image_scale == "fit":
+    native, size = opts.image_scale == "native", predictor.config.tile_size
+    check_slices_fit(
+        volume.shape, axis, opts.spacing, size, native, f"option spacing {opts.spacing}", SPACING_ADVICE
+    )
+    if not native:
         return engine.run(predictor, jobs.job(volume, prompts, hole), progress, cancel)
-    size = predictor.config.tile_size
     overlap = size // 4 if opts.tile_overlap is None else min(opts.tile_overlap, size - 1)
     plan = tiling.plan_tiles(plane_shape(volume.shape, axis), size, overlap)
     tuned = None

@@ -14,13 +14,19 @@ import numpy as np
 import torch
 
 from ..checkpoint import sidecar_path
+from ..checks import is_whole
 from ..config import MVGConfig
 from ..intensity import IntensityRange, intensity_range
+from ..resample_weights import check_tile_size
+from ..slicewise import plane_shape
 from ..types import Prompt
 from .options import Options
 
 CT_AIR_THRESHOLD = -500.0
 """``modality="auto"`` calls a volume CT when it holds values at or below this (air in HU)."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+SPACING_ADVICE = "check the spacing passed (spacing=None fits square pixels)"
+"""What :func:`check_slices_fit` advises a caller of the Python API."""
 SAMPLE_VOXELS = 1_000_000
 """Intensity ranges of larger volumes are estimated on a strided sample of this many voxels."""
 
@@ -48,9 +54,18 @@ def check_volume(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def check_finite(array: np.ndarray, name: str) -> None:
+    """Refuse NaN or infinite values, and values a float64 array holds that the model's float32
+    would turn into infinities (1e300 is finite here and garbage once cast)."""
     array = np.asarray(array)
-    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
+    if not np.issubdtype(array.dtype, np.inexact):
+        return
+    if not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinite values; replace them before predicting")
+    if array.dtype.itemsize > 4 and array.size and max(-array.min(), array.max()) > FLOAT32_MAX:
+        raise ValueError(
+            f"{name} holds values beyond float32's range (+-{FLOAT32_MAX:.3g}), which the model "
+            "computes in; rescale them before predicting"
+        )
 
 
 def sample(array: np.ndarray) -> np.ndarray:
@@ -92,8 +107,69 @@ def plane_spacing(spacing: tuple[float, float, float] | None, axis: int) -> tupl
     return tuple(s for a, s in enumerate(spacing) if a != axis)
 
 
-def resolve_device(device: str) -> str:
-    """``device`` as a torch device string, or a one-line error saying what exists here."""
+def check_slices_fit(
+    shape: tuple[int, int, int],
+    axis: int,
+    spacing: tuple[float, float, float] | None,
+    tile_size: int,
+    native: bool,
+    name: str,
+    advice: str,
+) -> None:
+    """Refuse a volume whose slices, fitted into the tile by their physical extent
+    (:func:`MVGCore.canvas.plan_fit`; with ``native`` 1:1 tiles, a tile-sized part of a slice),
+    would be less than one pixel across one way.
+
+    Every row (or column) would then be averaged into one tile pixel and the answer stretched back:
+    nothing of the slice is seen, and the output is the prompt slices and noise. Such pixels
+    (0.001 x 1000 mm) come from a wrong header far more often than from a scanner, so this is
+    refused rather than warned about: a warning scrolls past while the output looks like a result.
+    ``name`` and ``advice`` say where the spacing came from and how to fix it."""
+    if spacing is None:
+        return
+    plane = plane_shape(shape, axis)
+    if native:
+        plane = (min(plane[0], tile_size), min(plane[1], tile_size))
+    pixel = plane_spacing(spacing, axis)
+    extent = (plane[0] * pixel[0], plane[1] * pixel[1])
+    across = [e * tile_size / max(extent) for e in extent]
+    if any(n > 1 and a < 1 for n, a in zip(plane, across)):
+        raise ValueError(
+            f"{name}: slices along axis {axis}, {plane[0]} x {plane[1]} pixels of {pixel[0]:g} x "
+            f"{pixel[1]:g} mm, fit the {tile_size}-pixel tile less than one pixel across "
+            f"({min(across):.2g} px); {advice}"
+        )
+
+
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` (canvases per forward pass) as an int, or a one-line error."""
+    if not is_whole(batch_size, 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def task_tile(
+    config: MVGConfig, task: str, tile_size: int | None = None, name: str = "option tile_size"
+) -> int:
+    """The tile in pixels ``task`` runs at: ``tile_size`` (checked as the option; ``name`` names it
+    in the error), else for segmentation the config's ``segment_tile_size`` when set, else the
+    model's own tile. A function of the config alone, so a command can check it before loading."""
+    if tile_size is None:
+        if task == "segment" and config.segment_tile_size is not None:
+            return config.segment_tile_size
+        return config.tile_size
+    return check_tile_size(Options(tile_size=tile_size).tile_size, config.patch_size, name)
+
+
+def resolve_device(device: str | torch.device) -> str:
+    """``device`` as a torch device string, or a one-line error saying what exists here.
+
+    A ``torch.device`` is taken by its name, as PyTorch users pass one; anything else that is
+    not a string (``None``) is refused here, where the argument can still be named."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if device == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device == "cpu":

@@ -158,6 +158,14 @@ class Options:
         if self.calibrate not in CALIBRATIONS:
             raise ValueError(f"option calibrate must be one of {CALIBRATIONS}, got {self.calibrate!r}")
         AdaptSettings(self.adapt_steps, self.adapt_lr)  # checks both
+        for name in ("window", "target_window"):  # checked now, not when the first slice is scaled
+            if getattr(self, name) is not None:
+                try:
+                    ct_window(getattr(self, name))
+                except (TypeError, ValueError) as error:
+                    raise ValueError(f"option {name}: {error}") from None
+        if not is_whole(self.seed, 0):  # numpy's generators refuse a negative seed only when drawing
+            raise ValueError(f"option seed must be a whole number >= 0, got {self.seed!r}")
         if self.ct_window is not None:
             try:
                 object.__setattr__(self, "ct_window", ct_window(self.ct_window))
@@ -220,6 +228,9 @@ class Options:
         if task is not None:
             check_applies(options, task)
         opts = cls(**options)
+        if task == "denoise" and opts.adapt_steps and opts.image_scale != "native":
+            # a pair of options, checked with the options, so a command line refuses it before loading
+            raise ValueError('option adapt_steps adapts denoising at native scale; use image_scale="native"')
         if task is not None and opts.ct_window is None:
             opts = dataclasses.replace(opts, ct_window=TASK_CT_WINDOWS.get(task, DEFAULT_CT_WINDOW))
         if task is not None and task != "segment" and opts.propagate is None:

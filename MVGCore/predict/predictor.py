@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import PICKLE_SUFFIXES, load_model, load_state_dict_file
+from ..checkpoint import PICKLE_SUFFIXES, check_weights_path, load_model, load_state_dict_file
+from ..checks import is_whole
 from ..config import MVGConfig
 from ..model import MVGModel
-from ..resample_weights import at_tile_size, check_tile_size
+from ..resample_weights import at_tile_size
 from ..types import CancelToken, ProgressFn, Prompt
-from . import images, segmentation
-from .inputs import resolve_device, sidecar_config
-from .options import Options
+from . import images, memory, segmentation
+from .inputs import check_batch_size, resolve_device, sidecar_config, task_tile
 
 
 def _at_task_tile(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -33,6 +33,8 @@ def _at_task_tile(task: str) -> Callable[[Callable[..., Any]], Callable[..., Any
         @functools.wraps(method)
         def run(self: Predictor, *args: Any, **kwargs: Any) -> Any:
             size = self.task_tile_size(task, kwargs.get("tile_size"))
+            k = kwargs.get("k_prompts", 1)  # checked with the other options by the task
+            memory.check_tile_fits(self.config, size, k if is_whole(k, 1) else 1, self.device)
             if size == self.config.tile_size:
                 return method(self, *args, **kwargs)
             other = Predictor(at_tile_size(self.model, size), self.device, self.batch_size)
@@ -61,11 +63,9 @@ class Predictor:
     def __init__(self, model: MVGModel, device: str = "auto", batch_size: int = 8) -> None:
         if not isinstance(model, MVGModel):
             raise TypeError(f"model must be an MVGModel, got {type(model).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = check_batch_size(batch_size)
         self.device = resolve_device(device)
         self.model = model.to(self.device)  # its train/eval mode is the caller's (engine.forward)
-        self.batch_size = batch_size
         self.config: MVGConfig = model.config
         self.timings: dict[str, float] | None = None
         """Set it to a dict to have the seconds spent decoding answers added under "decode"
@@ -85,9 +85,8 @@ class Predictor:
         Pickle files (.pt, .pth, ...) can run code when loaded, so they are refused unless
         ``allow_pickle=True``; they then need ``config`` or a sidecar JSON holding one.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
+        path = check_weights_path(path, sidecar=False)  # a pickle's sidecar is optional
+        resolve_device(device)  # a wrong device is found before the weights are read
         if path.suffix in PICKLE_SUFFIXES:
             if not allow_pickle:
                 raise ValueError(
@@ -104,11 +103,7 @@ class Predictor:
     def task_tile_size(self, task: str, tile_size: int | None = None) -> int:
         """The tile in pixels ``task`` runs at: ``tile_size`` (checked as the option), else for
         segmentation the config's ``segment_tile_size`` when set, else the model's own tile."""
-        if tile_size is None:
-            if task == "segment" and self.config.segment_tile_size is not None:
-                return self.config.segment_tile_size
-            return self.config.tile_size
-        return check_tile_size(Options(tile_size=tile_size).tile_size, self.config.patch_size)
+        return task_tile(self.config, task, tile_size)
 
     @_at_task_tile("segment")
     def segment(

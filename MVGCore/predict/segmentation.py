@@ -24,7 +24,16 @@ from ..slicewise import check_axis, kept_targets, label_dtype, plane_shape, requ
 from ..types import CancelToken, ProgressFn, Prompt
 from . import engine, propagation
 from .alignment import aligned, require_registration
-from .inputs import check_finite, check_volume, options_range, plane_spacing, prompt_range, sample
+from .inputs import (
+    SPACING_ADVICE,
+    check_finite,
+    check_slices_fit,
+    check_volume,
+    options_range,
+    plane_spacing,
+    prompt_range,
+    sample,
+)
 from .job import Example, Job
 from .options import Options
 
@@ -52,6 +61,9 @@ def segment(
     if opts.propagate is None:
         opts = dataclasses.replace(opts, propagate=bool(kept))
     size = predictor.config.tile_size
+    check_slices_fit(
+        volume.shape, axis, opts.spacing, size, False, f"option spacing {opts.spacing}", SPACING_ADVICE
+    )
     whole_fit = plan_fit(plane_shape(volume.shape, axis), size, spacing)
     kind = Labels(prompts=tuple(prompts))
     job = Job(volume, axis, opts, in_range, [], kept, whole_fit, spacing, "segment", kind, size)
