@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,23 +43,17 @@ def initialise(model: MVGModel, config: TrainConfig) -> None:
         path = Path(config.init)
         if path.suffix in PICKLE_SUFFIXES:
             raise ValueError(f"init {path}: MVGCore checkpoints are .safetensors; convert pickle files first")
-        weights, _ = load_tensors(path)
-        weights = fit_weights(weights, model.state_dict())  # another tile or patch size
+        weights, meta = load_tensors(path)
+        target = model.state_dict()
+        weights = fit_weights(weights, target)  # another tile or patch size
         # Modules an option adds (OPTIONAL_MODULES) start as a no-op, so a checkpoint made without them
         # initialises everything else.
         optional = tuple(f"{name}." for name in OPTIONAL_MODULES if getattr(model, name) is not None)
-        try:
-            missing, unexpected = model.load_state_dict(weights, strict=False)
-        except RuntimeError as error:
-            raise ValueError(
-                f"init {path} does not fit model {config.model} {config.model_overrides}: {error}"
-            ) from error
-        lacking = [k for k in missing if not k.startswith(optional)]
-        if lacking or unexpected:
-            raise ValueError(
-                f"init {path} does not fit model {config.model} {config.model_overrides}: "
-                f"missing {lacking}, unexpected {list(unexpected)}"
-            )
+        misfits = [k for k in weights if k not in target or weights[k].shape != target[k].shape]
+        misfits += [k for k in target if k not in weights and not k.startswith(optional)]
+        if misfits:
+            raise ValueError(architecture_mismatch(path, meta.get("config"), model, misfits, weights))
+        missing, _ = model.load_state_dict(weights, strict=False)
         fresh = sorted({k.split(".")[0] for k in missing})
         log.info("initialised weights from %s%s", path, f" (new, as initialised: {fresh})" if fresh else "")
     if config.init_encoder:
@@ -67,6 +62,49 @@ def initialise(model: MVGModel, config: TrainConfig) -> None:
 
         report = load_vit_encoder(model, load_state_dict_file(config.init_encoder))
         log.info("encoder initialised from %s:\n%s", config.init_encoder, report.summary())
+
+
+NOT_ARCHITECTURE = (
+    "tile_size",
+    "patch_size",
+    "drop_path_rate",
+    "grad_checkpointing",
+    "refine_tasks",
+    "segment_tile_size",
+    "notes",
+)
+"""Model settings that do not decide the weights' shapes (tile and patch sizes are resampled)."""
+
+
+def architecture_mismatch(
+    path: Path, theirs: Any, model: MVGModel, misfits: list[str], weights: dict[str, torch.Tensor]
+) -> str:
+    """One short line on why ``path`` cannot initialise ``model``: the architecture settings that
+    differ (from the checkpoint's sidecar config) and a few of the tensors, never all of them (the
+    list torch gives named every tensor, some 10 KB for the smallest model)."""
+    ours = model.config.to_dict()
+    theirs = theirs if isinstance(theirs, dict) else {}
+    keys = [k for k in ours if k not in NOT_ARCHITECTURE and theirs.get(k, ours[k]) != ours[k]]
+    if keys:
+        mine = _settings(ours, keys)
+        first = f"init {path} is a model with {_settings(theirs, keys)}; this run builds {mine}"
+    else:
+        first = f"init {path} does not fit the model this run builds"
+    target = model.state_dict()
+    examples = [f"{k} {_shape(weights.get(k))} vs {_shape(target.get(k))}" for k in misfits[:3]]
+    more = f" and {len(misfits) - 3} more" if len(misfits) > 3 else ""
+    return (
+        f"{first}; init (--init) needs the same architecture (a tile or patch size change is "
+        f"resampled): {len(misfits)} tensors differ, e.g. {'; '.join(examples)}{more}"
+    )
+
+
+def _settings(config: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{key} {config.get(key)}" for key in keys[:6]) + (", ..." if len(keys) > 6 else "")
+
+
+def _shape(tensor: torch.Tensor | None) -> str:
+    return "absent" if tensor is None else "x".join(str(n) for n in tensor.shape) or "scalar"
 
 
 def freeze_all_but(model: MVGModel, train_modules: list[str]) -> None:
