@@ -330,7 +330,8 @@ class SliceStore:
                 f"case {case.case_id!r} has {case.channels} channels, asked for channel {channel}"
             )
         _check_position(case, position)
-        return self._rows("images")[case.image_row + position * case.channels + channel].astype(np.float32)
+        row = case.image_row + position * case.channels + channel
+        return self._finite(self._rows("images")[row].astype(np.float32), "images", row, case, position)
 
     def label(self, case: StoredCase, position: int) -> np.ndarray:
         if case.label_row is None:
@@ -342,7 +343,19 @@ class SliceStore:
         if case.target_row is None:
             raise ValueError(f"case {case.case_id!r} has no target image in store {self.path}")
         _check_position(case, position)
-        return self._rows("targets")[case.target_row + position].astype(np.float32)
+        row = case.target_row + position
+        return self._finite(self._rows("targets")[row].astype(np.float32), "targets", row, case, position)
+
+    def _finite(self, tile: np.ndarray, name: str, row: int, case: StoredCase, position: int) -> np.ndarray:
+        """``tile``, refused if it holds NaN or inf: a store written before prepare refused them (or
+        edited since) would otherwise fail deep in a loader worker, naming neither store nor case."""
+        if not np.isfinite(tile).all():
+            raise ValueError(
+                f"slice store {self.path}: case {case.case_id!r} of {case.dataset!r}, slice "
+                f"{case.slices[position]}, holds NaN or infinite values ({name}.npy row {row}); "
+                "prepare the store again"
+            )
+        return tile
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -8,12 +8,14 @@ held out for validation), ``metrics.jsonl`` and ``tb/`` (TensorBoard), ``checkpo
 Resuming is exact: the data order, colors and masks are pure functions of (seed, sample
 position) and the learning rate of the step, and checkpoints carry the optimizer and every RNG
 state, so a resumed run logs the same losses as an uninterrupted one. SIGINT/SIGTERM finish the
-current step, write a checkpoint and exit cleanly.
+current step, write a checkpoint and exit cleanly. A data error ends the run at once, in one
+line, after a checkpoint of the last completed step.
 
 One module per job: :mod:`.config` (the settings), :mod:`.run_folder` (the folder, metrics, stop
 requests), :mod:`.distributed` (ranks and devices), :mod:`.data` (store, split, loader),
 :mod:`.batch` (samples to model batches), :mod:`.weights` (initial and frozen weights),
-:mod:`.validation`, :mod:`.state` (checkpoints that resume exactly) and :mod:`.loop` (the steps).
+:mod:`.validation`, :mod:`.state` (checkpoints that resume exactly), :mod:`.workers` (the data
+loader's processes) and :mod:`.loop` (the steps).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from MVGCore.masking import DEFAULT_AR_PROBABILITY, MaskSampler
 from MVGCore.train.batch import CanvasCollator, SampleStream, StepBatchSampler
 from MVGCore.train.config import TrainConfig
 from MVGCore.train.distributed import Distributed
-from MVGCore.train.run_folder import RunFolder, ignore_stop_signals
+from MVGCore.train.run_folder import RunFolder
+from MVGCore.train.workers import WorkerLifetime
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +138,11 @@ def store_view(store: SliceStore, keys: Sequence[str]) -> SliceStore:
     return view
 
 
-def split_store(config: TrainConfig, folder: RunFolder, env: Distributed) -> tuple[SliceStore, SliceStore]:
-    """The run's store as (training, validation) views; rank 0 records the split in ``split.json``."""
+def split_store(
+    config: TrainConfig, folder: RunFolder, env: Distributed
+) -> tuple[SliceStore, SliceStore, dict[str, Any]]:
+    """The run's store as (training, validation) views, and the split as ``split.json`` records it
+    (written by :meth:`RunFolder.record_start` once every check of the start has passed)."""
     store = prepare_store(config, folder.path, env)
     tile_size = config.model_config().tile_size
     if store.tile_size < tile_size:
@@ -146,13 +151,19 @@ def split_store(config: TrainConfig, folder: RunFolder, env: Distributed) -> tup
             f"needs {tile_size}; set model_overrides.tile_size or prepare a bigger store"
         )
     train_keys, val_keys = split_cases(store.cases, config)
-    if env.is_main:
-        folder.write_json("split.json", {"store": str(store.path), "train": train_keys, "val": val_keys}, 1)
-    return store_view(store, train_keys), store_view(store, val_keys)
+    split = {"store": str(store.path), "train": train_keys, "val": val_keys}
+    return store_view(store, train_keys), store_view(store, val_keys), split
 
 
-def train_loader(sampler: InContextDataset, config: TrainConfig, start: int, env: Distributed) -> DataLoader:
-    """Batches of this rank for the steps after ``start``: ``grad_accum`` micro-batches per step."""
+def train_loader(
+    sampler: InContextDataset,
+    config: TrainConfig,
+    start: int,
+    env: Distributed,
+    workers: WorkerLifetime,
+) -> DataLoader:
+    """Batches of this rank for the steps after ``start``: ``grad_accum`` micro-batches per step;
+    ``workers`` ends the loader's worker processes when the run ends (:mod:`.workers`)."""
     model_config = config.model_config()
     masks = MaskSampler(model_config.grid, ar_probability={**DEFAULT_AR_PROBABILITY, **config.mask_ar})
     collator = CanvasCollator(
@@ -169,5 +180,5 @@ def train_loader(sampler: InContextDataset, config: TrainConfig, start: int, env
         # A private generator: worker seeding must not draw from the global torch RNG, or a
         # resumed run's drop-path stream would differ from an uninterrupted one.
         generator=torch.Generator().manual_seed(config.seed),
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=workers.worker_init(),
     )

@@ -30,9 +30,16 @@ from MVGCore.train.config import TrainConfig
 from MVGCore.train.data import split_store, train_loader
 from MVGCore.train.distributed import Distributed, amp_dtype, autocast, setup_distributed
 from MVGCore.train.run_folder import MetricsLog, RunFolder, StopFlag
-from MVGCore.train.state import last_checkpoint, load_checkpoint, local_rng_state, save_checkpoint
+from MVGCore.train.state import (
+    RngSnapshot,
+    last_checkpoint,
+    load_checkpoint,
+    local_rng_state,
+    save_checkpoint,
+)
 from MVGCore.train.validation import Validation, validation_batches
 from MVGCore.train.weights import check_module_names, freeze_all_but, initialise, weights_digest
+from MVGCore.train.workers import LoaderFailed, WorkerLifetime, next_batch
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +83,29 @@ def run(
 ) -> dict[str, Any]:
     """Train in a started run folder: build, validate the starting weights (new runs), step, sum up."""
     torch.use_deterministic_algorithms(config.deterministic)
-    setup = build(config, folder, resume, env)
-    # Step `start` itself was logged (train record, validation) before its checkpoint was written.
-    metrics = MetricsLog(folder.path, setup.start + 1 if resume else 0, env.is_main)
-    steps = StepLog(metrics, config, setup.start, env, on_step)
-    validation = Validation(
-        setup.model, setup.val_batches, config, env, setup.amp, folder.path / "val", metrics
-    )
-    # Only now does Ctrl-C/SIGTERM mean "checkpoint and stop": while data is prepared and the model
-    # built there is no step to finish, so they interrupt at once (nothing half-made is kept).
-    stop.install()
+    workers = WorkerLifetime()
     try:
-        if not resume:
-            validation(0)
-        step = step_loop(setup, stop, steps, validation)
+        setup = build(config, folder, resume, env, workers)
+        # Every check of the start has passed: only now is the folder written (a failed resume
+        # leaves it as it was).
+        folder.record_start(config, resume, env.is_main, setup.split)
+        # Step `start` itself was logged (train record, validation) before its checkpoint was written.
+        metrics = MetricsLog(folder.path, setup.start + 1 if resume else 0, env.is_main)
+        steps = StepLog(metrics, config, setup.start, env, on_step)
+        validation = Validation(
+            setup.model, setup.val_batches, config, env, setup.amp, folder.path / "val", metrics
+        )
+        # Only now does Ctrl-C/SIGTERM mean "checkpoint and stop": while data is prepared and the
+        # model built there is no step to finish, so they interrupt at once (nothing half-made is kept).
+        stop.install()
+        try:
+            if not resume:
+                validation(0)
+            step = step_loop(setup, stop, steps, validation)
+        finally:
+            steps.close()
     finally:
-        steps.close()
+        workers.end()  # whoever still holds the loader (a caller keeping the error), its workers exit
     return summarise(setup, step, validation.last)
 
 
@@ -111,14 +125,18 @@ class Setup:
     loader: DataLoader
     val_batches: dict[str, list[TrainBatch]]
     amp: torch.dtype | None
+    split: dict[str, Any]
+    """The held-out cases, as ``split.json`` records them."""
 
 
-def build(config: TrainConfig, folder: RunFolder, resume: bool, env: Distributed) -> Setup:
+def build(
+    config: TrainConfig, folder: RunFolder, resume: bool, env: Distributed, workers: WorkerLifetime
+) -> Setup:
     """Data, model, optimizer and loader, in an order that fails on a bad setting before slow work
     and seeds the model and the per-rank drop-path draws as every run of this config does."""
     model_config = config.model_config()
     check_module_names(config, model_config)
-    train_store, val_store = split_store(config, folder, env)
+    train_store, val_store, split = split_store(config, folder, env)
     train_sampler = InContextDataset(
         train_store, config.sampler_config(), seed=config.seed, tile_size=model_config.tile_size
     )
@@ -144,9 +162,10 @@ def build(config: TrainConfig, folder: RunFolder, resume: bool, env: Distributed
         wrapped=env.wrap(model),
         optimizer=optimizer,
         start=start,
-        loader=train_loader(train_sampler, config, start, env),
+        loader=train_loader(train_sampler, config, start, env, workers),
         val_batches=val_batches,
         amp=amp_dtype(config, env.device),
+        split=split,
     )
 
 
@@ -233,7 +252,7 @@ def optimizer_step(
     setup.optimizer.zero_grad(set_to_none=True)
     step_loss = torch.zeros((), device=env.device)
     for micro in range(config.grad_accum):
-        batch = next(batches).to(env.device)
+        batch = next_batch(batches).to(env.device)
         last_micro = micro == config.grad_accum - 1
         # DDP averages gradients on every backward pass unless told not to: once per step suffices.
         sync = setup.wrapped.no_sync() if env.world > 1 and not last_micro else nullcontext()
@@ -262,11 +281,15 @@ def step_loop(setup: Setup, stop: StopFlag, steps: StepLog, validation: Validati
     return the last step done (earlier than ``config.steps`` when a stop was requested)."""
     config, env = setup.config, setup.env
     batches = iter(setup.loader)
-    step = setup.start
+    step = saved = setup.start
     while step < config.steps:
         started = time.perf_counter()
+        rng = RngSnapshot()
         lr = lr_at(step, config.lr, config.warmup_steps, config.steps, config.min_lr)
-        step_loss, grad_norm = optimizer_step(setup, batches, lr)
+        try:
+            step_loss, grad_norm = optimizer_step(setup, batches, lr)
+        except LoaderFailed as failure:
+            raise data_failure(setup, failure, step, saved, rng) from failure.error
         step += 1
         loss = float(env.average(step_loss))
         stopping = env.any_rank(stop.requested)
@@ -280,10 +303,34 @@ def step_loop(setup: Setup, stop: StopFlag, steps: StepLog, validation: Validati
             validation(step)
         if step % config.ckpt_every == 0 or step == config.steps or stopping:
             save_step(setup, step)
+            saved = step
         if stopping:
             log.warning("stopped at step %d on request; resume with --resume", step)
             break
     return step
+
+
+def data_failure(
+    setup: Setup, failure: LoaderFailed, step: int, saved: int, rng: RngSnapshot
+) -> BaseException:
+    """The one-line error that ends the run when the batch of step ``step + 1`` cannot be made,
+    after checkpointing ``step`` if it is newer than the last checkpoint ``saved``.
+
+    The failed step changed no weight (its optimizer step never ran), and ``rng`` takes back what
+    its first micro-batches drew, so the checkpoint is the one an uninterrupted run would write.
+    Under torchrun the other ranks wait in a collective and torchrun ends them: no checkpoint then.
+    """
+    if step > saved and setup.env.world == 1:
+        rng.restore()
+        save_step(setup, step)
+        saved = step
+    where = "a data loader worker" if failure.in_worker else "the training data"
+    message = f"{where} failed at step {step + 1}: {failure.reason}"
+    if saved:
+        message += f"; {setup.folder.path} resumes from step {saved} with --resume once the data is fixed"
+    else:
+        message += "; no step was trained"
+    return failure.rebuilt(message)
 
 
 def summarise(setup: Setup, step: int, last_val: dict[str, float]) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 A run folder belongs to one run. A new run refuses a folder that holds another run, a resumed run
 refuses a config that would make it a different run, and a start that fails before its first
-checkpoint takes back what it wrote, so that the user's corrected retry does not meet it.
-``metrics.jsonl`` is trimmed on resume to the steps before the checkpoint, so that every step is
-logged once. SIGINT/SIGTERM only set a flag: the loop finishes the step and checkpoints first.
+checkpoint takes back everything it wrote (the folder too, if it made it), so that the user's
+corrected retry does not meet it and nothing half-made is left. A resumed run writes nothing until
+every check of its start has passed (the data, the model, the checkpoint), so that a failed resume
+leaves the folder as it was. ``metrics.jsonl`` is trimmed on resume to the steps before the
+checkpoint, so that every step is logged once. SIGINT/SIGTERM only set a flag: the loop finishes
+the step and checkpoints first (the loader's workers leave them to it: :mod:`.workers`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,17 @@ RESUMABLE_KEYS = (
     "progress",
 )
 """Settings a resumed run may change; anything else would make it a different run."""
+RUN_ENTRIES = (
+    "config.yaml",
+    "data",
+    "split.json",
+    "metrics.jsonl",
+    "tb",
+    "val",
+    "checkpoints",
+    "summary.json",
+)
+"""What a run writes in its folder (see :mod:`MVGCore.train`)."""
 
 
 class RunFolder:
@@ -44,8 +58,9 @@ class RunFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.checkpoints = path / "checkpoints"
-        self.wrote_config = False
-        self.made_data = False
+        self.new_entries: list[str] = []
+        """What this start may take back on failure: the run files it found missing at its start."""
+        self.made_folder = False
 
     def check(self, config: TrainConfig, resume: bool) -> None:
         """Refuse to mix runs: a new run needs a folder without checkpoints, a resumed one its own config."""
@@ -80,29 +95,56 @@ class RunFolder:
             raise FileExistsError(f"{self.path} holds another run's config.yaml; choose a new --out")
 
     def start(self, config: TrainConfig, resume: bool, is_main: bool) -> None:
-        """Check the folder, create it, and (rank 0) save and print the resolved config."""
+        """Check the folder and create it; rank 0 prints the resolved config and, for a new run,
+        saves it at once: it claims the folder, so that a retry with another config (or data) is
+        refused rather than silently reusing the data this start prepares."""
         self.check(config, resume)
+        if is_main and not resume:
+            self.made_folder = not self.path.exists()
+            self.new_entries = [name for name in RUN_ENTRIES if not (self.path / name).exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         if not is_main:
             return
-        config_path = self.path / "config.yaml"
-        self.wrote_config = not config_path.is_file()
-        self.made_data = not (self.path / "data").exists()
-        save_config(config, config_path)
+        if not resume:
+            save_config(config, self.path / "config.yaml")
         log.info(
-            "resolved config (saved to %s):\n%s",
-            config_path,
+            "resolved config (%s %s):\n%s",
+            "of the run in" if resume else "saved to",
+            self.path / "config.yaml",
             yaml.safe_dump(config.to_dict(), sort_keys=False),
         )
 
+    def record_start(self, config: TrainConfig, resume: bool, is_main: bool, split: dict[str, Any]) -> None:
+        """Once every check of the start has passed: (rank 0) the split, and a resumed run's config
+        with its changed settings (``steps``...), which a failed resume must leave as they were."""
+        if not is_main:
+            return
+        if resume:
+            save_config(config, self.path / "config.yaml")
+        self.write_json("split.json", split, 1)
+
     def undo_failed_start(self) -> None:
-        """After a failure: a start that wrote no checkpoint must not block its own retry with a
-        corrected config ("holds another run's config.yaml"), so its config.yaml goes, and so does
-        the data it prepared, which a retry with other data must not silently reuse."""
-        if self.wrote_config and last_checkpoint(self.checkpoints) is None:
-            (self.path / "config.yaml").unlink(missing_ok=True)
-            if self.made_data:
-                shutil.rmtree(self.path / "data", ignore_errors=True)
+        """After a failure: a new run that wrote no checkpoint takes back every run file it wrote.
+
+        Its config.yaml must not block the user's corrected retry ("holds another run's
+        config.yaml"), its prepared data must not be silently reused by a retry with other data,
+        and its split, metrics, TensorBoard and validation files would make a half-made run folder;
+        a folder this start made goes too once it is empty. A resumed run, or one that wrote a
+        checkpoint, keeps everything: it is resumable.
+        """
+        if not self.new_entries or last_checkpoint(self.checkpoints) is not None:
+            return
+        for name in self.new_entries:
+            entry = self.path / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        if self.made_folder:
+            try:
+                self.path.rmdir()
+            except OSError:  # something else was put there meanwhile: it stays, and so does the folder
+                pass
 
     def write_json(self, name: str, data: Any, indent: int) -> None:
         """``data`` as the JSON file ``name`` in the folder, written atomically (never half a file)."""
@@ -134,18 +176,6 @@ class StopFlag:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave SIGINT and SIGTERM to the main process's :class:`StopFlag`.
-
-    A stop sent to the whole process group (Ctrl-C, ``kill -- -PGID``, ``pkill -f``, a scheduler)
-    reaches the workers too: without this, a worker dies of it and the main process fails on the
-    lost worker instead of stopping cleanly. Workers still exit when the loader shuts them down or
-    when the main process dies.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class MetricsLog:

@@ -48,6 +48,27 @@ def local_rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
+class RngSnapshot:
+    """Every RNG state of this process at one moment (torch, python, numpy), to go back to.
+
+    A step whose data failed half-way (after a micro-batch's drop-path draws) is checkpointed as
+    the step before it; that checkpoint must hold the RNG states that step ended with, or the
+    resumed run would not draw what an uninterrupted one does.
+    """
+
+    def __init__(self) -> None:
+        self.torch = local_rng_state()
+        self.python = random.getstate()
+        self.numpy = np.random.get_state(legacy=False)  # noqa: NPY002 (libraries use it)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.torch["torch_cpu"])
+        if "torch_cuda" in self.torch:
+            torch.cuda.set_rng_state(self.torch["torch_cuda"])
+        random.setstate(self.python)
+        np.random.set_state(self.numpy)  # noqa: NPY002 (restores what libraries may draw from)
+
+
 def rng_json() -> dict[str, Any]:
     version, internal, gauss = random.getstate()
     return {
