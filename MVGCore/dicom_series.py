@@ -91,7 +91,7 @@ def _unreadable(folder: Path, every_series_file: Sequence[str]) -> str:
     """'; X, Y in the folder cannot be read as DICOM ...' for DICOM files GDCM left out, or ''."""
     listed = {Path(name).name for name in every_series_file}
     left_out = sorted(
-        path.name for path in folder.iterdir() if path.name not in listed and _looks_like_dicom(path)
+        path.name for path in folder.iterdir() if path.name not in listed and _is_slice_file(path)
     )
     if not left_out:
         return ""
@@ -99,14 +99,18 @@ def _unreadable(folder: Path, every_series_file: Sequence[str]) -> str:
     return f"; {shown} in the folder cannot be read as DICOM (damaged or cut short?)"
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    if not path.is_file() or path.name.upper() == "DICOMDIR":
-        return False
+def is_dicom_file(path: Path) -> bool:
+    """DICOM files carry 'DICM' after a 128-byte preamble, whatever their name."""
     if path.suffix.lower() == ".dcm":
         return True
     with open(path, "rb") as handle:
         handle.seek(128)
         return handle.read(4) == b"DICM"
+
+
+def _is_slice_file(path: Path) -> bool:
+    """A file of the folder that may hold a slice (a DICOMDIR index holds none)."""
+    return path.is_file() and path.name.upper() != "DICOMDIR" and is_dicom_file(path)
 
 
 def _mm(value: float) -> str:

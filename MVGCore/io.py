@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .dicom_series import check_series
+from .dicom_series import check_series, is_dicom_file
 from .publish import out_of_space, publish
 from .termination import sigterm_raises
 from .truncation import check_complete
@@ -42,7 +42,7 @@ def read_volume(path: str | Path) -> Volume:
         raise FileNotFoundError(f"image not found: {path}")
     if path.is_dir():
         return _from_sitk(_read_dicom_series(path), path)
-    if _is_dicom_file(path):
+    if is_dicom_file(path):
         return _read_dicom_file(path)
     return _from_sitk(_read_image(path), path)
 
@@ -68,7 +68,7 @@ def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
     path = check_path_encoding(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
-    if path.is_dir() or _is_dicom_file(path) or path.name.lower().endswith(_IMAGE_2D_SUFFIXES):
+    if path.is_dir() or is_dicom_file(path) or path.name.lower().endswith(_IMAGE_2D_SUFFIXES):
         volume = read_volume(path)
         return volume.array.shape, volume.geometry
     check_complete(path)
@@ -344,15 +344,6 @@ def _invert_monochrome1(pixels: np.ndarray, bits_stored: int) -> np.ndarray:
     if np.issubdtype(pixels.dtype, np.unsignedinteger):
         return ((1 << bits_stored) - 1 - pixels.astype(np.int64)).astype(pixels.dtype)
     return pixels.max() + pixels.min() - pixels
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """DICOM files carry 'DICM' after a 128-byte preamble, whatever their name."""
-    if path.suffix.lower() == ".dcm":
-        return True
-    with open(path, "rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
 
 
 def _reason(error: Exception) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_train import MODEL
 
 from MVGCore.data.phantoms import write_nnunet_dataset
 from MVGCore.data.sources import load_cases
@@ -24,16 +25,6 @@ from MVGCore.prepare import prepare
 from MVGCore.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = {
-    "tile_size": 32,
-    "patch_size": 8,
-    "embed_dim": 32,
-    "depth": 2,
-    "num_heads": 2,
-    "merge_index": 0,
-    "feature_blocks": [0, 1],
-    "decoder_dim": 8,
-}
 TIMEOUT = 120
 PROG = "python -m MVGCore.train: error: "
 
