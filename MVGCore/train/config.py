@@ -181,9 +181,8 @@ class TrainConfig:
         return dict.fromkeys(self.tasks, 1.0)
 
     def model_config(self) -> MVGConfig:
-        overrides = drop_retired(self.model_overrides, RETIRED_MODEL_FIELDS, "model_overrides")
         try:
-            return config_for(self.model, **overrides)
+            return config_for(self.model, **self.model_overrides)
         except TypeError as error:
             known = sorted(f.name for f in dataclasses.fields(MVGConfig))
             raise ValueError(
@@ -198,6 +197,10 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a mapping of training settings, got {type(data).__name__}")
         data = drop_retired(data, RETIRED, source)
+        if isinstance(data.get("model_overrides"), dict):  # a model field retired since the file was written
+            where = f"{source}: model_overrides"
+            overrides = drop_retired(data["model_overrides"], RETIRED_MODEL_FIELDS, where)
+            data = {**data, "model_overrides": overrides}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
